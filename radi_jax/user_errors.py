@@ -1,0 +1,7 @@
+"""The exception classes whose one-line messages entry points print instead of a traceback."""
+
+from radi_jax.data import DataError
+from radi_jax.training.checkpoints import CheckpointError
+from radi_jax.training.errors import UserError
+
+USER_ERRORS = (UserError, DataError, CheckpointError)
