@@ -448,7 +448,7 @@ def run_cache(ctx: Context) -> str:
                                      process_count=jax.process_count())
   device_params = ctx.parallel.replicate(params)
   parts: dict[str, list] = {}
-  progress = reporting.ProgressBar('cache', len(loader) if hasattr(loader, '__len__') else 0,
+  progress = reporting.ProgressBar('cache', loader.num_steps,
                                    enabled=ctx.is_chief)
   for i, batch in enumerate(loader):
     out = ctx.parallel.to_host(cache_fn(device_params, ctx.parallel.shard_batch(_model_batch(batch))))
@@ -514,7 +514,8 @@ def run_students(ctx: Context) -> list[dict]:
   return summaries
 
 
-def _evaluated_runs(ctx: Context) -> list[tuple[str, int, steps.LossSetup]]:
+def evaluated_runs(ctx: Context) -> list[tuple[str, int, steps.LossSetup]]:
+  """(name, seed, loss setup) of every finished run of the workdir, teacher first."""
   config = ctx.config
   runs = [(TEACHER, config.seed, steps.LossSetup(seed=config.seed))]
   if config.student.init == 'individual':
@@ -522,14 +523,18 @@ def _evaluated_runs(ctx: Context) -> list[tuple[str, int, steps.LossSetup]]:
   seed = config.seed + 1 if config.student.init == 'individual' else config.seed
   for loss in config.student.losses:
     runs.append((student_run_name(loss), seed, steps.loss_setup_from_config(config, loss)))
-  return [r for r in runs if os.path.exists(os.path.join(ctx.run_dir(r[0]), DONE))]
+  return [r for r in runs if is_finished(ctx, r[0])]
+
+
+def is_finished(ctx: Context, name: str) -> bool:
+  return os.path.exists(os.path.join(ctx.run_dir(name), DONE))
 
 
 def run_eval(ctx: Context) -> dict:
   """Metrics of every finished run's best checkpoint on the eval splits, predictions and the report."""
   config = ctx.config
   results = {}
-  for name, seed, setup in _evaluated_runs(ctx):
+  for name, seed, setup in evaluated_runs(ctx):
     params, _ = restore_best_params(ctx, name, seed=seed, setup=setup)
     results[name] = {}
     for split in config.eval.splits:
