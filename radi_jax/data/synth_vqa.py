@@ -64,8 +64,10 @@ def generate(synth: ml_collections.ConfigDict, features_dim: int = 768) -> dict:
     features_dim: dimension of a frame feature.
 
   Returns:
-    A dict with ``answers`` (vocabulary in id order), ``splits`` (split -> list of CSV rows as dicts)
-    and ``features`` (video_id -> ``[frames, features_dim]`` float32).
+    A dict with ``answers`` (vocabulary in id order), ``splits`` (split -> list of CSV rows as dicts),
+    ``features`` (video_id -> ``[frames, features_dim]`` float32), and the hidden truth:
+    ``categories``, ``surface_answers`` (concept -> synonyms, most popular first), ``scenes``
+    (video_id -> concepts in it) and ``embeddings`` (``[concepts, features_dim]``).
   """
   if synth.num_categories > len(CATEGORIES):
     raise ValueError(f"synth.num_categories={synth.num_categories}; expected at most {len(CATEGORIES)}")
@@ -121,7 +123,8 @@ def generate(synth: ml_collections.ConfigDict, features_dim: int = 768) -> dict:
       row["type"] = category
       rows.append(row)
     splits[split] = rows
-  return {"answers": answers, "splits": splits, "features": features, "categories": categories}
+  return {"answers": answers, "splits": splits, "features": features, "categories": categories,
+          "surface_answers": surface_answers, "scenes": scenes, "embeddings": embeddings}
 
 
 def build_tokenizer(dataset: dict) -> transformers.PreTrainedTokenizerFast:
