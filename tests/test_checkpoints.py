@@ -168,6 +168,15 @@ def test_unusable_directories_give_one_line_errors_naming_them(tmp_path):
       checkpointer.restore(state_template={"other": np.zeros(5, np.float32)})
   assert empty in str(error.value) and "\n" not in str(error.value)
 
+  # A checkpoint whose files were damaged after writing.
+  damaged = tmp_path / "damaged"
+  with StageCheckpointer(str(damaged)) as checkpointer:
+    checkpointer.save(1, _state(1), metrics={"val/acc1": 0.3})
+  (damaged / "1" / "metrics" / "metrics").write_text("{truncated")
+  with pytest.raises(CheckpointError, match="could not be read as Orbax checkpoints") as error:
+    StageCheckpointer(str(damaged))
+  assert str(damaged) in str(error.value) and "\n" not in str(error.value)
+
   a_file = tmp_path / "a_file"
   a_file.write_text("x")
   with pytest.raises(CheckpointError, match="is a file"):

@@ -128,7 +128,7 @@ class StageCheckpointer:
                                             item_names=_ITEM_NAMES)
     except Exception as error:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"checkpoint directory {self.directory} could not be opened "
+          f"checkpoint directory {self.directory} could not be read as Orbax checkpoints "
           f"({type(error).__name__}: {_first_line(error)})") from error
     self._closed = False
 
