@@ -144,7 +144,9 @@ def _small_files_signature(manual_dir: str) -> dict[str, str]:
   """Content hashes of the CSVs and vocabulary, size of the (possibly huge) features file."""
   signature = {}
   for path in raw_lib.raw_files(manual_dir):
-    if path.endswith(raw_lib.FEATURE_FILES):
+    if not os.path.isfile(path):
+      signature[os.path.basename(path)] = "missing"
+    elif path.endswith(raw_lib.FEATURE_FILES):
       signature[os.path.basename(path)] = str(os.path.getsize(path))
     else:
       signature[os.path.basename(path)] = raw_lib.content_hash([path])
