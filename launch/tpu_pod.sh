@@ -28,7 +28,10 @@ shift 2
 
 # Quote every argument so that it reaches the remote shell unchanged.
 remote_args=$(printf ' %q' "$@")
-remote_command="cd $(printf '%q' "${RADI_REMOTE_DIR:-.}") && $(printf '%q' "${PYTHON:-python3}") -m $(printf '%q' "${RADI_TRAIN_MODULE:-radi_jax.train}") --distributed${remote_args}"
+remote_python=$(printf '%q' "${PYTHON:-python3}")
+remote_module=$(printf '%q' "${RADI_TRAIN_MODULE:-radi_jax.train}")
+remote_dir=$(printf '%q' "${RADI_REMOTE_DIR:-.}")
+remote_command="cd $remote_dir && $remote_python -m $remote_module --distributed$remote_args"
 
 project_flag=()
 if [[ -n "${GCLOUD_PROJECT:-}" ]]; then

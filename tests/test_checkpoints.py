@@ -67,7 +67,8 @@ def test_keeps_latest_and_best_and_deletes_the_rest(tmp_path, mode):
 
 def test_restore_round_trips_state_data_state_and_metadata_after_reopening(tmp_path):
   directory = str(tmp_path / "student")
-  data_states = {3: b"\x00\xffgrain-iterator-3", 5: '{"next_index": 160}', 6: {"epoch": 2, "index": 7}}
+  data_states = {3: b"\x00\xffgrain-iterator-3", 5: '{"next_index": 160}',
+                 6: {"epoch": 2, "index": 7}}
   with StageCheckpointer(directory, keep_latest=3) as checkpointer:
     for step in (3, 5, 6):
       checkpointer.save(step, _state(step), data_state=data_states[step],
@@ -95,11 +96,13 @@ def test_restore_onto_abstract_sharded_template(tmp_path):
   with StageCheckpointer(directory) as checkpointer:
     checkpointer.save(9, saved, data_state=None)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          saved)
   with StageCheckpointer(directory) as checkpointer:
     state, data_state, metadata = checkpointer.restore(state_template=template)
   assert isinstance(state["w"], jax.Array) and state["w"].sharding == sharding
-  np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(12, dtype=np.float32).reshape(3, 4))
+  np.testing.assert_array_equal(np.asarray(state["w"]),
+                                np.arange(12, dtype=np.float32).reshape(3, 4))
   assert int(state["step"]) == 9 and data_state is None and metadata == {}
 
 
@@ -197,9 +200,9 @@ def test_optax_state_and_typed_rng_key_round_trip(tmp_path):
   with StageCheckpointer(str(tmp_path / "c")) as checkpointer:
     restored, _, _ = checkpointer.restore(state_template=template)
   assert jax.dtypes.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)
-  unkey = lambda tree: jax.tree.map(
-      lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
-      tree)
+  def unkey(tree):
+    is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
   _assert_same_tree(unkey(restored), unkey(state))
 
 

@@ -104,7 +104,8 @@ class StageCheckpointer:
     self.best_metric = best_metric
     self._best_mode = best_mode
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-      raise CheckpointError(f"checkpoint directory {self.directory} is a file, expected a directory")
+      raise CheckpointError(
+          f"checkpoint directory {self.directory} is a file, expected a directory")
 
     policies = [checkpoint_managers.LatestN(n=keep_latest)]
     best_fn = None
@@ -201,8 +202,9 @@ class StageCheckpointer:
         return False
       self._manager.delete(step)
     tracked = None
-    if (metrics is not None and self.best_metric is not None and
-        metrics.get(self.best_metric) is not None and math.isfinite(float(metrics[self.best_metric]))):
+    best_value = None if metrics is None or self.best_metric is None else metrics.get(
+        self.best_metric)
+    if best_value is not None and math.isfinite(float(best_value)):
       tracked = {key: float(value) for key, value in metrics.items()}
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(state),
@@ -233,7 +235,8 @@ class StageCheckpointer:
     if step is None:
       step = self._manager.latest_step()
       if step is None:
-        raise CheckpointError(f"checkpoint directory {self.directory} holds no checkpoint to restore")
+        raise CheckpointError(
+            f"checkpoint directory {self.directory} holds no checkpoint to restore")
     elif step not in self._manager.all_steps():
       raise CheckpointError(f"checkpoint directory {self.directory} has no step {step} "
                             f"(steps on disk: {self.all_steps()})")

@@ -1,4 +1,4 @@
-"""What the user sees of a run: progress bars, TensorBoard scalars, per-epoch history, plots, report.
+"""What the user sees of a run: progress bar, TensorBoard scalars, epoch history, plots, report.
 
 Metric values are fractions in [0, 1] everywhere in the code; the report, the console table and the
 plots show them as percentages, as the paper does. The metric keys are ``acc1``, ``hit5`` and
@@ -201,9 +201,11 @@ def plot_history(history: list[dict], out_png: str, title: str) -> None:
     title: the figure title, e.g. ``'student (RADI-P)'``.
   """
   # The object API with an Agg canvas keeps pyplot's global figure registry out of the library.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
+  # pylint: enable=import-outside-toplevel
 
   figure = Figure(figsize=(10, 4), dpi=100)
   FigureCanvasAgg(figure)
@@ -261,7 +263,8 @@ def format_results_table(results: dict) -> str:
                    [line(row) for row in rows])
 
 
-def _markdown_table(header: list[str], rows: Iterable[list[str]], numeric: bool = True) -> list[str]:
+def _markdown_table(header: list[str], rows: Iterable[list[str]],
+                    numeric: bool = True) -> list[str]:
   """Markdown table lines; with ``numeric`` every column after the first is right-aligned."""
   alignment = "---:" if numeric else "---"
   return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [alignment] *
