@@ -2,14 +2,14 @@
 # Training on a Cloud TPU pod slice: the same command on every host (worker), started over ssh.
 #
 # Usage:
-#   launch/tpu_pod.sh TPU_NAME ZONE --config configs/<name>.py --workdir gs://BUCKET/runs/<name>
+#   launch/tpu_pod.sh TPU_NAME ZONE --config configs/<name>.py --workdir /mnt/shared/runs/<name>
 #
 # jax.distributed.initialize() (called by --distributed) finds the other hosts from the TPU
 # metadata, so no coordinator address is needed.
 #
 # Assumes: gcloud is installed and authenticated here; every worker has radi_jax installed at the
-# same path, with converted weights and data at the paths the config names; --workdir is storage
-# every worker sees (a GCS bucket or a shared disk).
+# same path, with converted weights and data at the paths the config names; --workdir is a
+# directory every worker sees (e.g. a Filestore/NFS mount): all hosts write checkpoint shards there.
 # Environment:
 #   RADI_REMOTE_DIR    directory to cd into on each worker, absolute or relative to the home
 #                      directory (default: the home directory)

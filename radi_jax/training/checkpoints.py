@@ -100,7 +100,9 @@ class StageCheckpointer:
       raise ValueError(f"keep_latest must be at least 1 (the resume point), got {keep_latest}")
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = os.path.abspath(os.fspath(directory))
+    directory = os.fspath(directory)
+    # Remote paths (gs://...) go to Orbax unchanged; only local ones are made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.best_metric = best_metric
     self._best_mode = best_mode
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
