@@ -49,8 +49,11 @@ class ProgressBar:
   """
 
   def __init__(self, stage: str, total_steps: int, initial_step: int = 0, enabled: bool = True):
+    # Redirected to a log file, a bar redrawn ten times a second would bloat it; redraw rarely.
+    interactive = sys.stderr.isatty()
     self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc=stage, unit="step",
                           file=sys.stderr, dynamic_ncols=True, leave=True,
+                          mininterval=0.1 if interactive else 30.0,
                           disable=not (enabled and _is_main_process()))
     self._step = initial_step
     # Throughput counts from the first update on: the time before it is mostly compilation.
