@@ -66,7 +66,7 @@ class DebertaV2Config:
     for name in ("hidden_act", "conv_act"):
       if getattr(self, name) not in _ACTIVATIONS:
         raise ModelError(f"deberta.{name}: expected one of {_ACTIVATIONS}, got {getattr(self, name)!r}")
-    if self.attention_head_size is None and self.hidden_size % self.num_attention_heads:
+    if not self.attention_head_size and self.hidden_size % self.num_attention_heads:
       raise ModelError(f"deberta.hidden_size {self.hidden_size} is not a multiple of "
                        f"num_attention_heads {self.num_attention_heads}")
     if self.conv_kernel_size > 0 and self.conv_kernel_size % 2 == 0:
@@ -112,7 +112,7 @@ class DebertaV2Config:
     hf = dataclasses.asdict(self)
     hf["pos_att_type"] = list(self.pos_att_type)
     for name in ("embedding_size", "attention_head_size"):
-      if hf[name] is None:
+      if not hf[name]:
         del hf[name]
     hf["model_type"] = "deberta-v2"
     return hf
