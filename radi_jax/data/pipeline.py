@@ -370,11 +370,14 @@ class BatchMaker:
 
   def epoch_rows(self, epoch: int) -> np.ndarray:
     """Rows of the split in this epoch's order, padded with -1 to whole global batches."""
-    if epoch not in self._epoch_rows:
+    rows = self._epoch_rows.get(epoch)
+    if rows is None:
+      rows = self._order(epoch)
+      # grain's reader threads share this cache; a lost entry is only recomputed.
       if len(self._epoch_rows) > 2:
         self._epoch_rows.clear()
-      self._epoch_rows[epoch] = self._order(epoch)
-    return self._epoch_rows[epoch]
+      self._epoch_rows[epoch] = rows
+    return rows
 
   def _order(self, epoch: int) -> np.ndarray:
     n = len(self.table)
