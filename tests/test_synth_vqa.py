@@ -12,6 +12,7 @@ import transformers
 
 from radi_jax.data import config as config_lib
 from radi_jax.data import synth_vqa
+from radi_jax.data.synth_vqa.__main__ import main as synth_main
 
 
 def _small(seed=0):
@@ -85,7 +86,7 @@ def test_answer_is_recoverable_from_video_and_category():
 
 def test_cli_writes_the_ivqa_layout_and_a_loadable_tokenizer(tmp_path, capsys):
   out = str(tmp_path / "synth")
-  assert synth_vqa.main(["--out", out, "--seed", "4", "--num_videos", "40", "--train_questions", "50",
+  assert synth_main(["--out", out, "--seed", "4", "--num_videos", "40", "--train_questions", "50",
                          "--val_questions", "10", "--test_questions", "10", "--features_dim", "24"]) == 0
   assert sorted(os.listdir(out)) == ["clipvitl14.npz", "test.csv", "tokenizer", "train.csv",
                                      "val.csv", "vocab.json"]
@@ -104,4 +105,4 @@ def test_cli_writes_the_ivqa_layout_and_a_loadable_tokenizer(tmp_path, capsys):
   for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
     assert tokenizer.unk_token_id not in ids
   assert tokenizer("Answer: [MASK].")["input_ids"][0] == tokenizer.cls_token_id
-  assert synth_vqa.main(["--out", out]) == 1 and "exists" in capsys.readouterr().err
+  assert synth_main(["--out", out]) == 1 and "exists" in capsys.readouterr().err

@@ -11,12 +11,10 @@ Usage: ``python -m radi_jax.data.synth_vqa --out DIR [--seed 0 --num_videos 1200
 ``DIR/{train,val,test}.csv``, ``DIR/vocab.json``, ``DIR/clipvitl14.npz`` and ``DIR/tokenizer/``.
 """
 
-import argparse
 import csv
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import ml_collections
@@ -24,8 +22,6 @@ import numpy as np
 import tokenizers
 import transformers
 from tokenizers import models, normalizers, pre_tokenizers, processors
-
-from radi_jax.data import config as config_lib
 
 CATEGORIES = ("animal", "color", "object", "place", "vehicle", "food", "instrument", "sport", "tool",
               "plant", "weather", "garment", "drink", "toy", "furniture", "shape")
@@ -177,25 +173,3 @@ def write(out_dir: str, synth: ml_collections.ConfigDict, features_dim: int = 76
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
-
-
-def main(argv: list[str]) -> int:
-  defaults = config_lib.synth_config()
-  parser = argparse.ArgumentParser(prog="python -m radi_jax.data.synth_vqa", description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="new folder to write the dataset to")
-  parser.add_argument("--features_dim", type=int, default=768, help="dimension of a frame feature")
-  for key, value in defaults.items():
-    parser.add_argument(f"--{key}", type=type(value), default=value, help=f"default {value}")
-  args = parser.parse_args(argv)
-  synth = ml_collections.ConfigDict({k: getattr(args, k) for k in defaults})
-  try:
-    write(args.out, synth, args.features_dim)
-  except (FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote synth_vqa to {args.out}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
