@@ -106,3 +106,19 @@ def test_cli_writes_the_ivqa_layout_and_a_loadable_tokenizer(tmp_path, capsys):
     assert tokenizer.unk_token_id not in ids
   assert tokenizer("Answer: [MASK].")["input_ids"][0] == tokenizer.cls_token_id
   assert synth_main(["--out", out]) == 1 and "exists" in capsys.readouterr().err
+
+
+def test_open_dataset_generates_the_same_data_for_a_seed(tmp_path):
+  from radi_jax.data import open_dataset
+  from test_data_fixtures import tiny_synth_config
+  first = open_dataset(tiny_synth_config(str(tmp_path / "a")))
+  again = open_dataset(tiny_synth_config(str(tmp_path / "b")))
+  other_config = tiny_synth_config(str(tmp_path / "a"))
+  other_config.synth.seed = 1
+  other = open_dataset(other_config)
+  assert first.fingerprint == again.fingerprint != other.fingerprint
+  assert first.answers == again.answers and first.split_sizes == again.split_sizes
+  np.testing.assert_array_equal(first.questions("train").index, again.questions("train").index)
+  # The generated tokenizer is the one loaded, and every answer is made of known words.
+  ids = first.tokenizer(first.answers, add_special_tokens=False)["input_ids"]
+  assert all(first.tokenizer.unk_token_id not in t for t in ids)

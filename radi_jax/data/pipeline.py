@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import chex
 import grain
 import ml_collections
 import numpy as np
@@ -112,7 +113,9 @@ class VQAData:
 
 def _read_questions(data: VQAData, split: str) -> QuestionTable:
   source = builders.read_build(data.data_dir, data.name, builders.QUESTIONS).as_data_source(split)
-  records = [source[i] for i in range(len(source))]
+  records = []
+  for start in range(0, len(source), 4096):
+    records += source.__getitems__(list(range(start, min(start + 4096, len(source)))))
   width = max([len(r["answer_ids"]) for r in records] + [1])
   answer_ids = np.full((len(records), width), -1, np.int32)
   answer_counts = np.zeros((len(records), width), np.int32)
@@ -419,7 +422,7 @@ class BatchMaker:
       targets = most_frequent_targets(t.answer_ids[safe], t.answer_counts[safe], self.num_answers)
     targets[~valid] = 0.0
     relevance[~valid] = 0.0
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "mask_position": t.mask_position[safe].astype(np.int32),
@@ -431,6 +434,11 @@ class BatchMaker:
         "index": np.where(valid, t.index[safe], -1).astype(np.int64),
         "valid": valid,
     }
+    b, n = len(rows), self.num_answers
+    chex.assert_shape([batch["input_ids"], batch["attention_mask"]], (b, length))
+    chex.assert_shape([batch["video"]], (b, self.max_feats, self.features_dim))
+    chex.assert_shape([batch["targets"], batch["relevance"]], (b, n))
+    return batch
 
   def _video(self, video_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if self._videos is None:
