@@ -118,6 +118,9 @@ def test_missing_tokenizer_and_unknown_name(tmp_path):
   config.name = "msvd_qa"
   config.tokenizer_dir = ""
   assert "data.tokenizer_dir: empty" in _error(config)
+  config.tokenizer_dir = str(tmp_path / "nowhere")
+  assert _error(config) == (f"data.tokenizer_dir={config.tokenizer_dir!r}: not a directory; expected "
+                            "a local Hugging Face tokenizer directory (nothing is downloaded)")
 
 
 def test_an_error_after_a_build_keeps_the_build(tmp_path):

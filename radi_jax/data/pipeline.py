@@ -199,7 +199,12 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> VQAData:
     manual_dir, data_dir = _synth_dirs(data_config)
     if not os.path.isdir(manual_dir):
       logging.info("generating synth_vqa into %s", manual_dir)
-      synth_vqa.write(manual_dir, data_config.synth, data_config.features_dim)
+      try:
+        synth_vqa.write(manual_dir, data_config.synth, data_config.features_dim)
+      except OSError:
+        # Another process sharing data_dir may have finished the same generation first.
+        if not os.path.isdir(manual_dir):
+          raise
   if not manual_dir:
     raise DataError(f"data.manual_dir: empty; expected the folder of {name} in the FrozenBiLM layout")
   if not tokenizer_dir:
@@ -207,6 +212,9 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> VQAData:
     if not os.path.isdir(tokenizer_dir):
       raise DataError(f"data.tokenizer_dir: empty and {tokenizer_dir} does not exist; expected a "
                       "local Hugging Face tokenizer directory")
+  if not os.path.isdir(tokenizer_dir):
+    raise DataError(f"data.tokenizer_dir={tokenizer_dir!r}: not a directory; expected a local Hugging "
+                    "Face tokenizer directory (nothing is downloaded)")
   facts = raw_lib.DATASET_FACTS[name]
 
   signature = _small_files_signature(manual_dir) if os.path.isdir(manual_dir) else {}
@@ -244,7 +252,7 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> VQAData:
     raise DataError(f"{build_path}: built with features_dim={metadata['features_dim']}; expected "
                     f"data.features_dim={data_config.features_dim}")
   try:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
   except (OSError, ValueError) as e:
     raise DataError(f"{tokenizer_dir}: cannot be loaded by transformers.AutoTokenizer "
                     f"({type(e).__name__}); expected a local tokenizer directory") from None
