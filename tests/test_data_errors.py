@@ -132,3 +132,11 @@ def test_an_error_after_a_build_keeps_the_build(tmp_path):
     open_dataset(config)
   built = [r for r, _, f in os.walk(config.data_dir) if "dataset_info.json" in f]
   assert len(built) == 2 and data.split_sizes["val"] == 4
+
+
+def test_csv_that_is_not_utf8(tmp_path):
+  config, _, _ = _layout(tmp_path)
+  path = os.path.join(config.manual_dir, "train.csv")
+  with open(path, "wb") as f:
+    f.write(b"video_id,question,answer\ntrain0,what \xff color,red\n")
+  assert _error(config) == f"{path}: byte 37 is not UTF-8; expected a UTF-8 CSV file"

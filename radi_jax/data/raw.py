@@ -125,6 +125,16 @@ def read_vocab(manual_dir: str) -> list[str]:
 def read_split(manual_dir: str, split: str, facts: DatasetFacts) -> list[RawQuestion]:
   """Reads ``<split>.csv`` and checks its columns and questions."""
   path = _require_file(manual_dir, f"{split}.csv", f"{split} split")
+  try:
+    return _read_csv(path, facts)
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: byte {e.start} is not UTF-8; expected a UTF-8 CSV file") from None
+  except csv.Error as e:
+    raise DataError(f"{path}: not a readable CSV ({e}); expected comma-separated values with a "
+                    "header row") from None
+
+
+def _read_csv(path: str, facts: DatasetFacts) -> list[RawQuestion]:
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
     columns = reader.fieldnames or []
