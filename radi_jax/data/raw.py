@@ -250,11 +250,6 @@ def raw_files(manual_dir: str) -> list[str]:
   return files
 
 
-def file_signature(paths: list[str]) -> dict[str, list[int]]:
-  """Size and modification time of each file: cheap evidence that raw files changed after a build."""
-  return {os.path.basename(p): [os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths}
-
-
 def content_hash(paths: list[str]) -> str:
   """SHA-256 over the names and bytes of the given files."""
   digest = hashlib.sha256()
