@@ -16,6 +16,7 @@ import transformers
 from radi_jax.model import config as config_lib
 from radi_jax.model import deberta as deberta_lib
 from radi_jax.model import frozenbilm as fb
+from radi_jax.model import summary
 from radi_jax.model import weights
 from radi_jax.tools import convert_weights
 
@@ -82,10 +83,8 @@ def frozenbilm_config(deberta, **kw):
 
 
 def flax_params(config, pretrained):
-  model = fb.FrozenBiLM(config)
-  ids = jnp.zeros((1, 3), jnp.int32)
-  init = model.init(jax.random.key(0), ids, jnp.ones_like(ids), None, None, jnp.zeros((1,), jnp.int32),
-                    deterministic=True)["params"]
+  # Every leaf the parity checks read comes from the checkpoint, so the init can be zeros of the right shape.
+  init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), summary.abstract_params(config))
   return weights.merge_pretrained(init, pretrained)
 
 
