@@ -61,12 +61,18 @@ def _numpy_ot_margins(mc_top, valid, lam_rel, margin):
 
 
 def _numpy_hinge(student, teacher, margins, valid):
+  """Mean hinge over teacher-ordered pairs, and its gradient with respect to the student."""
   total, count = 0.0, 0
+  grad = np.zeros(len(student))
   for i, j in itertools.product(range(len(student)), repeat=2):
     if valid[i] and valid[j] and teacher[i] > teacher[j]:
-      total += max(0.0, margins[i, j] - (student[i] - student[j]))
+      slack = margins[i, j] - (student[i] - student[j])
+      total += max(0.0, slack)
       count += 1
-  return total / max(count, 1)
+      if slack > 0:
+        grad[i] -= 1.0
+        grad[j] += 1.0
+  return total / max(count, 1), grad / max(count, 1)
 
 
 def test_teacher_top_answers_sorted_and_masked():
@@ -125,11 +131,19 @@ def test_pairwise_loss_matches_numpy_loops(strategy):
     points = pairwise.uncertainty_points(jnp.asarray(mc_scores))
     weights = pairwise.teacher_pair_weights(points, jnp.asarray(mask), strategy=strategy,
                                             lam_rel=1.0, threshold=1e-12, max_iterations=20000)
-    args = (jnp.asarray(student), jnp.asarray(teacher), points, jnp.asarray(mask), weights)
-    dense = pairwise.pairwise_ranking_loss(*args, margin=0.7, strategy=strategy, rng=key)
-    blocked = pairwise.pairwise_ranking_loss(*args, margin=0.7, strategy=strategy, rng=key,
-                                             block_size=4)
+    args = (jnp.asarray(teacher), points, jnp.asarray(mask), weights)
+
+    def loss_and_grad(block_size):
+      def total(s):
+        loss = pairwise.pairwise_ranking_loss(s, *args, margin=0.7, strategy=strategy, rng=key,
+                                              block_size=block_size)
+        return jnp.sum(loss), loss
+      return jax.jit(jax.grad(total, has_aux=True))(jnp.asarray(student))
+
+    dense_grad, dense = loss_and_grad(None)
+    blocked_grad, blocked = loss_and_grad(4)
     np.testing.assert_allclose(dense, blocked, atol=1e-12)
+    np.testing.assert_allclose(dense_grad, blocked_grad, atol=1e-12)
     if strategy == "random":
       # The weights are jax.random draws; rebuild them through the dense margins.
       margin_sets = np.asarray(pairwise.pair_margins(points, jnp.asarray(mask), weights, margin=0.7,
@@ -150,8 +164,9 @@ def test_pairwise_loss_matches_numpy_loops(strategy):
         margins = margin_sets[b]
         draws = margins[valid][:, valid][~np.eye(len(idx), dtype=bool)]
         assert np.all(draws >= 0) and abs(draws.mean() - 0.7) < 1e-12
-      expected = _numpy_hinge(student[b], teacher[b], margins, valid)
+      expected, expected_grad = _numpy_hinge(student[b], teacher[b], margins, valid)
       np.testing.assert_allclose(dense[b], expected, atol=1e-6)
+      np.testing.assert_allclose(dense_grad[b], expected_grad, atol=1e-12)
 
 
 def test_pairwise_loss_zero_when_pairs_are_separated_by_their_margins():
@@ -165,10 +180,11 @@ def test_pairwise_loss_zero_when_pairs_are_separated_by_their_margins():
     ranks = np.argsort(np.argsort(-teacher[b]))
     student[b] = -(margins[b].max() + 0.1) * ranks
   for block_size in (None, 4):
-    loss = pairwise.pairwise_ranking_loss(jnp.asarray(student, jnp.float32),
-                                          jnp.asarray(teacher, jnp.float32), points,
-                                          jnp.asarray(mask), weights, block_size=block_size)
+    loss, grad = jax.jit(jax.value_and_grad(lambda s: jnp.sum(pairwise.pairwise_ranking_loss(
+        s, jnp.asarray(teacher, jnp.float32), points, jnp.asarray(mask), weights,
+        block_size=block_size))))(jnp.asarray(student, jnp.float32))
     np.testing.assert_array_equal(loss, 0.0)
+    np.testing.assert_array_equal(grad, 0.0)
   # Shrinking the gaps below the margins makes it positive again.
   loss = pairwise.pairwise_ranking_loss(jnp.asarray(student * 0.01, jnp.float32),
                                         jnp.asarray(teacher, jnp.float32), points,

@@ -21,6 +21,7 @@ weight (uniform marginals 1/n over the n valid ones), so their rows and columns 
 zero. In log-domain Sinkhorn the plan is W = exp(f_i + g_j - C_ij), hence log u = f, log v = g.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -138,6 +139,20 @@ def _sinkhorn_one(points: jax.Array, valid: jax.Array, lam: jax.Array, *, thresh
   }
 
 
+@functools.partial(jax.jit, static_argnames=("threshold", "max_iterations", "inner_iterations",
+                                             "sinkhorn_batch_size"))
+def _solve_sinkhorn(points, top_valid, lam, *, threshold, max_iterations, inner_iterations,
+                    sinkhorn_batch_size):
+  """`_sinkhorn_one` over the batch, `sinkhorn_batch_size` examples at a time (None: all)."""
+  def solve(args):
+    return _sinkhorn_one(*args, threshold=threshold, max_iterations=max_iterations,
+                         inner_iterations=inner_iterations)
+
+  if sinkhorn_batch_size is None:
+    return jax.vmap(solve)((points, top_valid, lam))
+  return jax.lax.map(solve, (points, top_valid, lam), batch_size=sinkhorn_batch_size)
+
+
 def teacher_pair_weights(points: jax.Array,
                          top_valid: jax.Array,
                          *,
@@ -192,15 +207,9 @@ def teacher_pair_weights(points: jax.Array,
       "sinkhorn_error": jnp.zeros((batch,), dtype),
   }
   if strategy == "ot":
-    def solve(args):
-      return _sinkhorn_one(*args, threshold=threshold, max_iterations=max_iterations,
-                           inner_iterations=inner_iterations)
-    inputs = (points, top_valid, lam)
-    if sinkhorn_batch_size is None:
-      solved = jax.vmap(solve)(inputs)
-    else:
-      solved = jax.lax.map(solve, inputs, batch_size=sinkhorn_batch_size)
-    out.update(solved)
+    out.update(_solve_sinkhorn(points, top_valid, lam, threshold=threshold,
+                               max_iterations=max_iterations, inner_iterations=inner_iterations,
+                               sinkhorn_batch_size=sinkhorn_batch_size))
   elif strategy == "random":
     out["weight_mean"] = jnp.full((batch,), 0.5, dtype)
   elif strategy == "uncertainty":
@@ -258,6 +267,18 @@ def _pair_weights(rows: dict[str, jax.Array], cols: dict[str, Any], strategy: st
   return jnp.where(pair_valid, weights, 0.0), pair_valid
 
 
+def _split_rows(rows: dict[str, jax.Array], num_top: int, block_size: int) -> dict[str, jax.Array]:
+  """`[batch, P, ...]` -> `[blocks, batch, block_size, ...]`; padded rows are invalid."""
+  num_blocks = -(-num_top // block_size)
+  pad = num_blocks * block_size - num_top
+
+  def split(x):
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.swapaxes(x.reshape((x.shape[0], num_blocks, block_size) + x.shape[2:]), 0, 1)
+
+  return jax.tree.map(split, rows)
+
+
 def _blocked_pair_sums(block_fn, rows: dict[str, jax.Array], num_top: int,
                        block_size: int | None) -> tuple[jax.Array, jax.Array]:
   """Sums `block_fn(row block) -> (values [batch, R, P], counted [batch, R, P])` over rows.
@@ -275,19 +296,43 @@ def _blocked_pair_sums(block_fn, rows: dict[str, jax.Array], num_top: int,
 
   if block_size is None or block_size >= num_top:
     return reduce(rows)
-  num_blocks = -(-num_top // block_size)
-  pad = num_blocks * block_size - num_top
-
-  def split(x):
-    # [batch, P, ...] -> [blocks, batch, block_size, ...]; padded rows are invalid.
-    widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
-    x = jnp.pad(x, widths)
-    x = x.reshape((x.shape[0], num_blocks, block_size) + x.shape[2:])
-    return jnp.swapaxes(x, 0, 1)
-
-  blocks = jax.tree.map(split, rows)
-  sums, counts = jax.lax.map(jax.checkpoint(reduce), blocks)
+  sums, counts = jax.lax.map(jax.checkpoint(reduce), _split_rows(rows, num_top, block_size))
   return jnp.sum(sums, 0), jnp.sum(counts, 0)
+
+
+def _hinge_terms(block, cols, strategy, rng, weight_mean, margin):
+  """Hinge slack `M_ij - (z_i - z_j)` and the teacher-ordered mask for a row block."""
+  weights, _ = _pair_weights(block, cols, strategy, rng)
+  ordered = (block["valid"][:, :, None] & cols["valid"][:, None, :]
+             & (block["teacher"][:, :, None] > cols["teacher"][:, None, :]))
+  margins = margin * weights / weight_mean[:, None, None]
+  slack = margins - (block["student"][:, :, None] - cols["student"][:, None, :])
+  return slack, ordered
+
+
+def _fused_hinge_and_gradient(rows, cols, strategy, rng, weight_mean, margin, num_top, block_size):
+  """One pass over row blocks giving the hinge sum, the pair count and d(sum)/dz `[batch, P]`.
+
+  The hinge's gradient is a count of active pairs (-1 per active pair on z_i, +1 on z_j), so it
+  is accumulated alongside the value: no second (backward) pass and no saved activations.
+  """
+  batch = cols["student"].shape[0]
+  dtype = cols["student"].dtype
+
+  def step(carry, block):
+    sums, counts, column_gradient = carry
+    slack, ordered = _hinge_terms(block, cols, strategy, rng, weight_mean, margin)
+    active = ordered & (slack > 0)
+    sums = sums + jnp.sum(jnp.where(active, slack, 0.0), (1, 2))
+    counts = counts + jnp.sum(ordered, (1, 2)).astype(dtype)
+    column_gradient = column_gradient + jnp.sum(active, 1).astype(dtype)
+    return (sums, counts, column_gradient), -jnp.sum(active, 2).astype(dtype)
+
+  init = (jnp.zeros((batch,), dtype), jnp.zeros((batch,), dtype), jnp.zeros((batch, num_top), dtype))
+  (sums, counts, column_gradient), row_gradient = jax.lax.scan(
+      step, init, _split_rows(rows, num_top, block_size))
+  row_gradient = jnp.swapaxes(row_gradient, 0, 1).reshape(batch, -1)[:, :num_top]
+  return sums, counts, row_gradient + column_gradient
 
 
 def pairwise_ranking_loss(student_top: jax.Array,
@@ -314,8 +359,11 @@ def pairwise_ranking_loss(student_top: jax.Array,
     teacher_weights: the dict from `teacher_pair_weights` (computed with the same strategy).
     margin: m, the mean margin (paper: 0.1, 1 or 10).
     strategy: one of `STRATEGIES`.
-    block_size: None evaluates all P x P pairs at once; an int evaluates `block_size` rows at a
-      time (memory linear in P for forward and backward).
+    block_size: None evaluates all P x P pairs at once and differentiates by autodiff; an int
+      scans `block_size` rows at a time and accumulates the (piecewise constant) gradient in the
+      same pass, so one call costs one pass over the pairs and O(batch * block_size * P) memory.
+      The blocked loss has the same value and first derivative as the dense one; its second
+      derivative is 0 (as the hinge's is almost everywhere).
     rng: key for the `random` strategy.
 
   Returns:
@@ -341,16 +389,23 @@ def pairwise_ranking_loss(student_top: jax.Array,
     weight_mean = teacher_weights["weight_mean"]
   weight_mean = jnp.where(weight_mean > 0, weight_mean, 1.0)
 
-  def hinge(block):
-    weights, _ = _pair_weights(block, cols, strategy, rng)
-    ordered = (block["valid"][:, :, None] & cols["valid"][:, None, :]
-               & (block["teacher"][:, :, None] > cols["teacher"][:, None, :]))
-    margins = margin * weights / weight_mean[:, None, None]
-    gaps = block["student"][:, :, None] - cols["student"][:, None, :]
-    return jnp.where(ordered, jax.nn.relu(margins - gaps), 0.0), ordered
+  if block_size is None or block_size >= num_top:
+    # Dense reference: plain autodiff through the P x P hinge.
+    def hinge(block):
+      slack, ordered = _hinge_terms(block, cols, strategy, rng, weight_mean, margin)
+      return jnp.where(ordered, jax.nn.relu(slack), 0.0), ordered
 
-  sums, counts = _blocked_pair_sums(hinge, rows, num_top, block_size)
-  return common.safe_divide(sums, counts)
+    sums, counts = _blocked_pair_sums(hinge, rows, num_top, None)
+    return common.safe_divide(sums, counts)
+
+  fixed_student = jax.lax.stop_gradient(student_top)
+  rows["student"], cols["student"] = fixed_student, fixed_student
+  sums, counts, gradient = _fused_hinge_and_gradient(rows, cols, strategy, rng, weight_mean, margin,
+                                                     num_top, block_size)
+  loss = common.safe_divide(sums, counts)
+  gradient = common.safe_divide(gradient, counts[:, None])
+  # Value from the fused pass (the added term is exactly 0); gradient d loss / dz attached to z.
+  return loss + jnp.sum(gradient * (student_top - fixed_student), -1)
 
 
 def pair_margins(points: jax.Array, top_valid: jax.Array, teacher_weights: TeacherWeights, *,
