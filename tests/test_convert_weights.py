@@ -43,7 +43,8 @@ def frozenbilm_state(state):
 def test_frozenbilm_pth_overlay(tmp_path, hf_dir):
   directory, state = hf_dir
   pth_state = frozenbilm_state(state)
-  pth_state["deberta.encoder.layer.1.output.dense.weight"] = pth_state["deberta.encoder.layer.1.output.dense.weight"] + 1
+  changed = "deberta.encoder.layer.1.output.dense.weight"
+  pth_state[changed] = pth_state[changed] + 1
   torch.save({"model": pth_state, "epoch": 3}, tmp_path / "frozenbilm.pth")
   exit_code = convert_weights.main(["--hf_dir", str(directory), "--frozenbilm_pth", str(tmp_path / "frozenbilm.pth"),
                                     "--out", str(tmp_path / "out"), "--features_dim", str(FEATURES)])
@@ -103,7 +104,8 @@ def test_misshaped_pth_tensor_is_an_error(tmp_path, hf_dir):
   pth_state = frozenbilm_state(state)
   pth_state["deberta.encoder.layer.0.output.adapter.down.weight"] = torch.zeros(5, HIDDEN)
   torch.save({"model": pth_state}, tmp_path / "frozenbilm.pth")
-  with pytest.raises(convert_weights.ConversionError, match=r"adapter.down.weight has shape \(5, 32\), the model expects \(4, 32\)"):
+  message = r"adapter.down.weight has shape \(5, 32\), the model expects \(4, 32\)"
+  with pytest.raises(convert_weights.ConversionError, match=message):
     convert_weights.convert(directory, tmp_path / "out", tmp_path / "frozenbilm.pth", features_dim=FEATURES)
   assert not (tmp_path / "out").exists()
   assert isinstance(convert_weights.ConversionError("x"), config_lib.ModelError)

@@ -4,8 +4,6 @@ Each case builds a random PyTorch model, saves it with `save_pretrained`, conver
 `radi_jax.tools.convert_weights`, and compares every layer's hidden states (float32, ≤ 1e-4).
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np

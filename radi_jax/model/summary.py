@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 from radi_jax.model.config import FrozenBiLMConfig, ModelError, model_config

@@ -20,7 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,14 @@ class ConversionError(ModelError):
 
 # Both names the Hugging Face masked-LM head has had: `legacy=True` and FrozenBiLM / `legacy=False`.
 _HEAD_NAMES = {
-    ("mlm_transform", "dense", "kernel"): ("cls.predictions.transform.dense.weight", "lm_predictions.lm_head.dense.weight"),
-    ("mlm_transform", "dense", "bias"): ("cls.predictions.transform.dense.bias", "lm_predictions.lm_head.dense.bias"),
-    ("mlm_transform", "LayerNorm", "scale"): ("cls.predictions.transform.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.weight"),
-    ("mlm_transform", "LayerNorm", "bias"): ("cls.predictions.transform.LayerNorm.bias", "lm_predictions.lm_head.LayerNorm.bias"),
+    ("mlm_transform", "dense", "kernel"):
+        ("cls.predictions.transform.dense.weight", "lm_predictions.lm_head.dense.weight"),
+    ("mlm_transform", "dense", "bias"):
+        ("cls.predictions.transform.dense.bias", "lm_predictions.lm_head.dense.bias"),
+    ("mlm_transform", "LayerNorm", "scale"):
+        ("cls.predictions.transform.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.weight"),
+    ("mlm_transform", "LayerNorm", "bias"):
+        ("cls.predictions.transform.LayerNorm.bias", "lm_predictions.lm_head.LayerNorm.bias"),
     ("mlm_bias",): ("cls.predictions.bias", "lm_predictions.lm_head.bias"),
     ("answer_embeddings",): ("answer_embeddings.weight",),
     ("answer_bias",): ("answer_bias",),
@@ -69,7 +73,10 @@ def torch_names(path: Sequence[str]) -> tuple[str, ...]:
 
 
 def to_torch_layout(path: Sequence[str], array: np.ndarray) -> np.ndarray:
-  """Swaps Flax `kernel` and PyTorch `weight` layouts (Dense `[in, out]` ↔ `[out, in]`, Conv `[k, in, out]` ↔ `[out, in, k]`)."""
+  """Swaps Flax `kernel` and PyTorch `weight` layouts.
+
+  Dense `[in, out]` ↔ `[out, in]`; Conv `[k, in, out]` ↔ `[out, in, k]`.
+  """
   if path[-1] == "kernel":
     return np.transpose(array)
   return array
