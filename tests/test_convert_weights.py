@@ -7,17 +7,29 @@ import torch
 from radi_jax.model import config as config_lib
 from radi_jax.model import weights
 from radi_jax.tools import convert_weights
-from test_model_parity import hf_config, random_torch_model
+import transformers
 
 HIDDEN, FEATURES, ANSWERS = 32, 12, 7
+
+
+def random_torch_model(**overrides):
+  config = transformers.DebertaV2Config(vocab_size=97, hidden_size=HIDDEN, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=48, max_position_embeddings=40,
+                                        **overrides)
+  torch.manual_seed(0)
+  model = transformers.DebertaV2ForMaskedLM(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(0.2 * torch.randn_like(p))
+  return model
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
   """A random DeBERTa-v2 masked LM with FrozenBiLM's head naming (`lm_predictions.lm_head`)."""
   directory = tmp_path_factory.mktemp("hf")
-  model = random_torch_model(hf_config(relative_attention=True, pos_att_type="p2c|c2p", position_buckets=8,
-                                       position_biased_input=False, legacy=False))
+  model = random_torch_model(relative_attention=True, pos_att_type="p2c|c2p", position_buckets=8,
+                             position_biased_input=False, legacy=False)
   model.save_pretrained(directory)
   return directory, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
