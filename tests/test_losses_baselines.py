@@ -182,5 +182,5 @@ def test_every_baseline_jits_with_finite_gradients():
     value, grad = jax.jit(jax.value_and_grad(fn))(feats)
     assert np.isfinite(value) and np.all(np.isfinite(grad)), name
     assert np.any(np.asarray(grad) != 0), name
-  rkd_grad = jax.grad(features["rkd"])(feats)
-  assert np.all(np.asarray(rkd_grad)[3] == 0)
+    if name == "rkd":
+      assert np.all(np.asarray(grad)[3] == 0)  # the padded example gets no gradient

@@ -146,8 +146,9 @@ def test_pairwise_loss_matches_numpy_loops(strategy):
     np.testing.assert_allclose(dense_grad, blocked_grad, atol=1e-12)
     if strategy == "random":
       # The weights are jax.random draws; rebuild them through the dense margins.
-      margin_sets = np.asarray(pairwise.pair_margins(points, jnp.asarray(mask), weights, margin=0.7,
-                                                     strategy="random", rng=key))
+      margins_fn = jax.jit(pairwise.pair_margins, static_argnames=("margin", "strategy"))
+      margin_sets = np.asarray(margins_fn(points, jnp.asarray(mask), weights, margin=0.7,
+                                          strategy="random", rng=key))
     for b in range(student.shape[0]):
       valid = mask[b]
       idx = np.flatnonzero(valid)
