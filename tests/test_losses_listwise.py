@@ -87,7 +87,8 @@ def test_listnet_and_stlistnet_match_numpy():
     np.testing.assert_allclose(loss, expected, atol=1e-10)
     key = jax.random.key(3)
     loss = listwise.stlistnet(jnp.asarray(z), jnp.asarray(t), jnp.asarray(valid), key, beta=0.5)
-    noise = np.asarray(jax.random.gumbel(key, t.shape, jnp.float64))
+    noise = np.stack([np.asarray(jax.random.gumbel(k, t.shape[1:], jnp.float64))
+                      for k in jax.random.split(key, t.shape[0])])
     expected = [_numpy_listnet(a, b, m) for a, b, m in zip(z, t + 0.5 * noise, valid)]
     np.testing.assert_allclose(loss, expected, atol=1e-10)
 
@@ -184,3 +185,16 @@ def test_unknown_sampling_is_one_clear_error():
   with pytest.raises(common.LossConfigError, match="sampling='zip'"):
     listwise.sample_partial_list(jnp.zeros((1, 4)), jnp.ones(4, bool), jax.random.key(0),
                                  sampling="zip")
+
+
+def test_per_example_keys_make_the_loss_independent_of_batching():
+  z, t, valid = _random_lists(7, batch=3, size=12)
+  keys = jax.random.split(jax.random.key(4), 3)
+  args = jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32), jnp.ones(12, bool)
+  whole = listwise.radi_listwise_loss(*args, keys, k_hot=2, n_cold=3, loss="stlistnet")
+  for b in range(3):
+    alone = listwise.radi_listwise_loss(args[0][b:b + 1], args[1][b:b + 1], args[2],
+                                        keys[b:b + 1], k_hot=2, n_cold=3, loss="stlistnet")
+    np.testing.assert_allclose(alone[0], whole[b], rtol=1e-6)
+  with pytest.raises(common.LossConfigError, match="rng holds 2 keys; expected one key or 3"):
+    listwise.radi_listwise_loss(*args, keys[:2])

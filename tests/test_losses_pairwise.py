@@ -223,3 +223,17 @@ def test_unknown_strategy_is_one_clear_error():
   points = jnp.zeros((1, 3, 2))
   with pytest.raises(common.LossConfigError, match="strategy='sinkhorn'.*'ot'"):
     pairwise.teacher_pair_weights(points, jnp.ones((1, 3), bool), strategy="sinkhorn")
+
+
+def test_random_strategy_with_per_example_keys_does_not_depend_on_batching():
+  student, teacher, mc_scores, mask = _random_problem(8)
+  points = pairwise.uncertainty_points(jnp.asarray(mc_scores, jnp.float32))
+  weights = pairwise.teacher_pair_weights(points, jnp.asarray(mask), strategy="random")
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)  # raw keys work as well as typed ones
+  args = (jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), points,
+          jnp.asarray(mask), weights)
+  whole = pairwise.pairwise_ranking_loss(*args, strategy="random", rng=keys, block_size=4)
+  for b in range(3):
+    alone = pairwise.pairwise_ranking_loss(*jax.tree.map(lambda x: x[b:b + 1], args),
+                                           strategy="random", rng=keys[b:b + 1])
+    np.testing.assert_allclose(alone[0], whole[b], rtol=1e-6)

@@ -61,3 +61,23 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   """`numerator / denominator`, with 0 where the denominator is 0 (and a finite gradient)."""
   nonzero = denominator != 0
   return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
+
+
+def example_keys(rng: jax.Array, batch: int) -> jax.Array:
+  """One random key per example.
+
+  Args:
+    rng: a single key (typed `jax.random.key` or raw `PRNGKey`), split into `batch` keys, or
+      `batch` keys already (e.g. derived from example indices, which makes the draws independent
+      of how examples are batched or sharded).
+    batch: the batch size.
+
+  Returns:
+    `[batch]` keys (raw keys: `[batch, 2]`).
+  """
+  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  if rng.ndim == (0 if typed else 1):
+    return jax.random.split(rng, batch)
+  if rng.shape[0] != batch:
+    raise LossConfigError(f"rng holds {rng.shape[0]} keys; expected one key or {batch} (one per example)")
+  return rng

@@ -59,7 +59,7 @@ def sample_partial_list(teacher_logits: jax.Array,
   Args:
     teacher_logits: `[batch, answers]`.
     answer_mask: `[answers]` or `[batch, answers]` boolean.
-    rng: a `jax.random` key.
+    rng: a `jax.random` key, or one key per example.
     k_hot: hot-list length.
     n_cold: cold-list length.
     sampling: one of `SAMPLINGS`.
@@ -89,7 +89,8 @@ def sample_partial_list(teacher_logits: jax.Array,
     else:
       first, size = num_hot, num_cold
       log_probs = cold_list_log_probabilities(num_answers - num_hot, sampling=sampling, decay=decay)
-    gumbel = jax.random.gumbel(rng, (batch, num_answers - first), jnp.float32)
+    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (num_answers - first,), jnp.float32))(
+        common.example_keys(rng, batch))
     keys = jnp.where(position_valid[:, first:], log_probs[None, :] + gumbel, -jnp.inf)
     _, drawn = jax.lax.top_k(keys, size)
     # Ascending positions keep the list in teacher order; invalid positions sort last.
@@ -158,7 +159,7 @@ def stlistnet(student: jax.Array, teacher: jax.Array, valid: jax.Array, rng: jax
     student: `[batch, K]`.
     teacher: `[batch, K]`.
     valid: `[batch, K]` boolean.
-    rng: key for the Gumbel noise.
+    rng: key for the Gumbel noise, or one key per example.
     beta: noise scale β.
     temperature: τ.
 
@@ -166,7 +167,8 @@ def stlistnet(student: jax.Array, teacher: jax.Array, valid: jax.Array, rng: jax
     `[batch]` losses.
   """
   _check_list(student, teacher, valid)
-  noise = jax.random.gumbel(rng, teacher.shape, teacher.dtype)
+  keys = common.example_keys(rng, teacher.shape[0])
+  noise = jax.vmap(lambda key: jax.random.gumbel(key, teacher.shape[1:], teacher.dtype))(keys)
   return listnet(student, jax.lax.stop_gradient(teacher) + beta * noise, valid,
                  temperature=temperature)
 
@@ -264,7 +266,7 @@ def radi_listwise_loss(student_logits: jax.Array,
     student_logits: `[batch, answers]`.
     teacher_logits: `[batch, answers]`.
     answer_mask: `[answers]` or `[batch, answers]` boolean.
-    rng: key for the cold-list draw (and STListNet's noise).
+    rng: key for the cold-list draw (and STListNet's noise), or one key per example.
     k_hot, n_cold, sampling, decay: see `sample_partial_list`.
     loss: one of `LISTWISE_LOSSES`.
     beta: STListNet noise scale.
@@ -275,7 +277,8 @@ def radi_listwise_loss(student_logits: jax.Array,
   """
   common.check_choice("loss", loss, LISTWISE_LOSSES)
   chex.assert_equal_shape([student_logits, teacher_logits])
-  sample_rng, noise_rng = jax.random.split(rng)
+  keys = jax.vmap(jax.random.split)(common.example_keys(rng, student_logits.shape[0]))
+  sample_rng, noise_rng = keys[:, 0], keys[:, 1]
   indices, valid = sample_partial_list(teacher_logits, answer_mask, sample_rng, k_hot=k_hot,
                                        n_cold=n_cold, sampling=sampling, decay=decay)
   student = jnp.take_along_axis(student_logits, indices, -1)

@@ -249,11 +249,11 @@ def _pair_weights(rows: dict[str, jax.Array], cols: dict[str, Any], strategy: st
   if strategy == "uniform":
     weights = jnp.ones(pair_valid.shape, cols["points"].dtype)
   elif strategy == "random":
-    # One key per row index, so dense and blocked evaluation draw the same weights.
-    def row_weights(row_index):
-      return jax.random.uniform(jax.random.fold_in(rng, row_index), (pair_valid.shape[0], num_top),
-                                cols["points"].dtype)
-    weights = jnp.swapaxes(jax.vmap(row_weights)(rows["index"][0]), 0, 1)
+    # One key per (example, row index), so dense and blocked evaluation draw the same weights.
+    def row_weights(key, row_index):
+      return jax.random.uniform(jax.random.fold_in(key, row_index), (num_top,), cols["points"].dtype)
+    keys = common.example_keys(rng, pair_valid.shape[0])
+    weights = jax.vmap(jax.vmap(row_weights, (None, 0)))(keys, rows["index"])
   else:
     uncertainty = _squared_distances(rows["points"], cols["points"])
     if strategy == "uncertainty":
@@ -364,7 +364,8 @@ def pairwise_ranking_loss(student_top: jax.Array,
       same pass, so one call costs one pass over the pairs and O(batch * block_size * P) memory.
       The blocked loss has the same value and first derivative as the dense one; its second
       derivative is 0 (as the hinge's is almost everywhere).
-    rng: key for the `random` strategy.
+    rng: key for the `random` strategy, or one key per example (then the draws do not depend on
+      how examples are batched).
 
   Returns:
     `[batch]` per-example losses; 0 for an example without a teacher-ordered pair.
