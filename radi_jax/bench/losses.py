@@ -3,7 +3,8 @@
 For each list size N_p it times one forward + backward (gradient with respect to the student
 scores) of: plain cross-entropy over N_p answers (the scale), RADI-P's student side dense and in
 row blocks (teacher numbers precomputed, as the trainer caches them), and RADI-L (ListMLE and
-LambdaLoss-NDCG2++ on a 100 + 10 partial list drawn from N_p answers). Peak memory is XLA's
+LambdaLoss-NDCG2++ on a 100 + 10 partial list drawn from N_p answers); and, once per example in
+the cache stage, RADI-P's teacher side (uncertainty points + Sinkhorn, lam_rel 1). Peak memory is XLA's
 compiled estimate (arguments + outputs + temporaries) from `memory_analysis()`; a case whose
 estimate exceeds ``--max-run-gib`` is compiled but not run. Times are medians of ``--repeats``
 samples after one warm-up (fast calls are timed in groups of at least 50 ms), and ratios are to cross-entropy at the same size in the same run.
@@ -108,6 +109,19 @@ def _cases(data: dict[str, jax.Array], block_size: int) -> dict[str, tuple[Calla
   }
 
 
+def _teacher_side(args: argparse.Namespace, size: int) -> tuple[float, float, int]:
+  """Cache-stage cost of RADI-P for one example: uncertainty points and the Sinkhorn solve."""
+  data = _inputs(1, size, args.samples, seed=1)
+
+  def teacher_side(mc_scores, valid):
+    return pairwise.teacher_pair_weights(pairwise.uncertainty_points(mc_scores), valid)
+
+  seconds, peak = _measure(teacher_side, (data["mc_scores"], data["mask"]), args.repeats,
+                           float("inf"))
+  iterations = int(jax.jit(teacher_side)(data["mc_scores"], data["mask"])["sinkhorn_iterations"][0])
+  return seconds, peak, iterations
+
+
 def main(argv: list[str]) -> int:
   args = _parse(argv)
   sizes = [int(s) for s in args.sizes.split(",")]
@@ -127,5 +141,8 @@ def main(argv: list[str]) -> int:
       else:
         timing = f"{1e3 * seconds:9.2f} {seconds / baseline:7.1f}"
       print(f"{name:<28} {size:>5} {timing} {peak / _MIB:9.1f}", flush=True)
+    seconds, peak, iterations = _teacher_side(args, size)
+    print(f"{'RADI-P teacher, 1 example':<28} {size:>5} {1e3 * seconds:9.2f} {'':>7} "
+          f"{peak / _MIB:9.1f}   Sinkhorn iterations {iterations}", flush=True)
   print(f"total {time.perf_counter() - start:.0f} s")
   return 0
