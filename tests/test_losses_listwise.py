@@ -191,10 +191,11 @@ def test_per_example_keys_make_the_loss_independent_of_batching():
   z, t, valid = _random_lists(7, batch=3, size=12)
   keys = jax.random.split(jax.random.key(4), 3)
   args = jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32), jnp.ones(12, bool)
-  whole = listwise.radi_listwise_loss(*args, keys, k_hot=2, n_cold=3, loss="stlistnet")
+  loss_fn = jax.jit(lambda s, t, m, k: listwise.radi_listwise_loss(s, t, m, k, k_hot=2, n_cold=3,
+                                                                   loss="stlistnet"))
+  whole = loss_fn(*args, keys)
   for b in range(3):
-    alone = listwise.radi_listwise_loss(args[0][b:b + 1], args[1][b:b + 1], args[2],
-                                        keys[b:b + 1], k_hot=2, n_cold=3, loss="stlistnet")
+    alone = loss_fn(args[0][b:b + 1], args[1][b:b + 1], args[2], keys[b:b + 1])
     np.testing.assert_allclose(alone[0], whole[b], rtol=1e-6)
   with pytest.raises(common.LossConfigError, match="rng holds 2 keys; expected one key or 3"):
     listwise.radi_listwise_loss(*args, keys[:2])
