@@ -19,7 +19,7 @@ def get_config():
   config.data.synth.test_questions = 48
   config.train.num_epochs = 2
   config.train.batch_size = 16
-  config.train.checkpoint_every_steps = 4
+  config.train.checkpoint_every_steps = 8
   config.eval.batch_size = 32
   config.student.init = 'teacher'
   config.radi_p.num_top = 64

@@ -5,6 +5,8 @@ This module only parses flags, starts the distributed runtime when asked, and ca
 a diverged loss) are printed as one line, without a traceback, and exit with status 1.
 """
 
+import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -24,6 +26,15 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (explicit runs).')
 
 
+def configure_logging() -> None:
+  """radi_jax's own messages at INFO; libraries (Orbax, TFDS) only warnings; no TFDS progress bars."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger('radi_jax').setLevel(std_logging.INFO)
+  tfds.display_progress_bar(False)
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -37,7 +48,10 @@ def main(argv):
   from radi_jax import user_errors  # pylint: disable=g-import-not-at-top
   from radi_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
-  logging.set_verbosity(logging.INFO)
+  configure_logging()
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    # Re-runs and resumed runs of a workdir reuse compiled steps instead of compiling again.
+    jax.config.update('jax_compilation_cache_dir', os.path.join(_WORKDIR.value, 'jax_cache'))
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except user_errors.USER_ERRORS as e:

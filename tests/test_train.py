@@ -86,8 +86,9 @@ def test_students_eval_report_and_rerun_skips(teacher_workdir, tmp_path):
 
 
 def test_sigkill_during_student_resumes_to_the_same_result(teacher_workdir, tmp_path):
+  # The same training config as the in-process student run above, so the compilation cache hits.
   flags = ['--config.stage=student', "--config.student.losses=('radi_p',)",
-           '--config.train.num_epochs=3', '--config.train.checkpoint_every_steps=3']
+           '--config.train.checkpoint_every_steps=3']
   straight = copy_workdir(teacher_workdir, tmp_path / 'straight')
   code, _, err = run_cli(straight, *flags)
   assert code == 0, err
@@ -115,7 +116,7 @@ def test_sigkill_during_student_resumes_to_the_same_result(teacher_workdir, tmp_
     assert abs(a[key] - b[key]) < 1e-6
   history_a = (straight / 'student_radi_p' / 'history.jsonl').read_text().splitlines()
   history_b = (killed / 'student_radi_p' / 'history.jsonl').read_text().splitlines()
-  assert len(history_a) == len(history_b) == 3
+  assert len(history_a) == len(history_b) == 2
   for ra, rb in zip(map(json.loads, history_a), map(json.loads, history_b)):
     np.testing.assert_allclose(ra['train/loss'], rb['train/loss'], rtol=1e-5)
 
@@ -165,57 +166,56 @@ import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, {root!r})
 from configs import tiny
 from radi_jax.training import errors, parallel, steps, trainer
-mode, workdir = sys.argv[1], sys.argv[2]
-config = tiny.get_config()
-config.parallel.mode = mode
-config.train.batch_size = 16
-config.data.data_dir = workdir + '/data'
-if mode == 'pmap':  # pmap draws dropout per device; compare it with dropout off.
-  config.model.adapter_dropout = 0.0
-  config.model.deberta.hidden_dropout_prob = 0.0
-  config.model.deberta.attention_probs_dropout_prob = 0.0
-config.lock()
-ctx = trainer.make_context(config, workdir)
-try:
-  ctx.parallel.check_batch_size('train.batch_size', 12)
-  bad = 'accepted'
-except errors.ConfigError as e:
-  bad = str(e)
-trainable, frozen = trainer.initial_params(ctx, config.seed)
-setup = steps.LossSetup(seed=config.seed)
-params = {{'model': trainable, 'aux': {{}}}}
-tx = trainer.make_optimizer(config, 100)
-state = ctx.parallel.replicate(steps.TrainState(step=np.zeros((), np.int32), params=params,
-                                                opt_state=tx.init(params)))
-fn = ctx.parallel.compile_train_step(steps.train_step, model=ctx.model, setup=setup, tx=tx,
-                                     answer_mask=jnp.asarray(ctx.answer_mask))
-loader = iter(trainer.data_lib.make_train_loader(ctx.data, config.data, batch_size=16, seed=0,
-                                                 process_index=0, process_count=1))
-losses = []
-for _ in range(3):
-  state, m = fn(state, ctx.parallel.replicate(frozen), None, ctx.parallel.shard_batch(next(loader)))
-  m = ctx.parallel.scalar(m)
-  losses.append(float(m['loss_sum'] / m['count']))
-print(json.dumps({{'devices': jax.device_count(), 'losses': losses, 'bad': bad}}))
+workdir = sys.argv[1]
+out = {{'devices': jax.device_count()}}
+for mode in ('jit', 'pmap'):
+  config = tiny.get_config()
+  config.parallel.mode = mode
+  config.data.data_dir = workdir + '/data'
+  if mode == 'pmap':  # pmap draws dropout per device; compare it with dropout off.
+    config.model.adapter_dropout = 0.0
+    config.model.deberta.hidden_dropout_prob = 0.0
+    config.model.deberta.attention_probs_dropout_prob = 0.0
+  config.lock()
+  ctx = trainer.make_context(config, workdir)
+  try:
+    ctx.parallel.check_batch_size('train.batch_size', 12)
+    out['bad'] = 'accepted'
+  except errors.ConfigError as e:
+    out['bad'] = str(e)
+  trainable, frozen = trainer.initial_params(ctx, config.seed)
+  setup = steps.LossSetup(seed=config.seed)
+  params = {{'model': trainable, 'aux': {{}}}}
+  tx = trainer.make_optimizer(config, 32)
+  state = ctx.parallel.replicate(steps.init_train_state(params, tx, config.seed))
+  fn = ctx.parallel.compile_train_step(steps.train_step, model=ctx.model, setup=setup, tx=tx,
+                                       answer_mask=jnp.asarray(ctx.answer_mask))
+  loader = trainer.data_lib.make_train_loader(ctx.data, config.data, batch_size=16, seed=0)
+  losses = []
+  for _ in range(3):
+    state, m = fn(state, ctx.parallel.replicate(frozen), None, ctx.parallel.shard_batch(next(loader)))
+    m = ctx.parallel.scalar(m)
+    losses.append(float(m['loss_sum'] / m['count']))
+  out[mode] = losses
+print(json.dumps(out))
 '''
 
 
-def run_parallel(mode, devices, workdir):
+def run_parallel(devices, workdir):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  result = subprocess.run([sys.executable, '-c', PARALLEL_SCRIPT.format(root=ROOT), mode,
-                           str(workdir)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run([sys.executable, '-c', PARALLEL_SCRIPT.format(root=ROOT), str(workdir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('mode', ['jit', 'pmap'])
-def test_eight_devices_match_one(teacher_workdir, tmp_path, mode):
+def test_eight_devices_match_one_in_jit_and_pmap_modes(teacher_workdir, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(teacher_workdir / 'data', workdir / 'data')
-  one = run_parallel(mode, 1, workdir)
-  eight = run_parallel(mode, 8, workdir)
+  one = run_parallel(1, workdir)
+  eight = run_parallel(8, workdir)
   assert (one['devices'], eight['devices']) == (1, 8)
-  np.testing.assert_allclose(eight['losses'], one['losses'], atol=1e-5, rtol=0)
-  assert one['losses'][0] != one['losses'][2]  # The steps really train.
+  for mode in ('jit', 'pmap'):
+    np.testing.assert_allclose(eight[mode], one[mode], atol=1e-5, rtol=0)
+    assert one[mode][0] != one[mode][2]  # The steps really train.
   assert eight['bad'] == 'train.batch_size=12 does not divide by the 8 devices; use a multiple of 8'

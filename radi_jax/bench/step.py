@@ -104,8 +104,7 @@ def run_setting(setting: Setting, rounds: int, num_steps: int) -> dict[str, floa
   base = steps.LossSetup(num_top=setting.num_top, block_size=setting.block_size)
   side = jax.jit(lambda f, i: steps.pairwise_teacher_side(base, teacher_head, f, i, answer_mask))(
       batch['teacher_features'], batch['index'])
-  batch.update({k: np.asarray(side[k]) for k in ('top_indices', 'log_u', 'log_v', 'lam',
-                                                  'weight_mean')})
+  batch.update({k: np.asarray(side[k]) for k in steps.PAIRWISE_CACHE_FIELDS})
   tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(5e-5))  # The paper's optimizer.
   fns, states = {}, {}
   for loss in LOSSES:
@@ -113,8 +112,7 @@ def run_setting(setting: Setting, rounds: int, num_steps: int) -> dict[str, floa
     fns[loss] = jax.jit(lambda s, f, h, b, setup=setup: steps.train_step(
         s, f, h, b, model=model, setup=setup, tx=tx, answer_mask=answer_mask), donate_argnums=(0,))
     p = {'model': trainable, 'aux': {}}
-    states[loss] = steps.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, p),
-                                    opt_state=tx.init(p))
+    states[loss] = jax.device_put(steps.init_train_state(p, tx, seed=0))
     states[loss], _ = _time(fns[loss], states[loss], (frozen, teacher_head, batch), 1)  # Compile.
   times = {loss: [] for loss in LOSSES}
   for _ in range(rounds):

@@ -198,7 +198,7 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> VQAData:
   if name == "synth_vqa" and not manual_dir:
     manual_dir, data_dir = _synth_dirs(data_config)
     if not os.path.isdir(manual_dir):
-      logging.info("generating synth_vqa into %s", manual_dir)
+      logging.getLogger(__name__).info("generating synth_vqa into %s", manual_dir)
       try:
         synth_vqa.write(manual_dir, data_config.synth, data_config.features_dim)
       except OSError:

@@ -301,7 +301,7 @@ def read_raw(manual_dir: str, facts: DatasetFacts, features_dim: int) -> RawData
     if split == "train":
       in_vocab = [q for q in kept if most_frequent_answer(q.annotations) in vocab]
       dropped[split]["answer_not_in_vocab"] = len(kept) - len(in_vocab)
-      logging.info("%s: kept %d of %d training questions; %d have a most frequent answer outside "
+      logging.getLogger(__name__).info("%s: kept %d of %d training questions; %d have a most frequent answer outside "
                    "%s", csv_path, len(in_vocab), len(questions), len(kept) - len(in_vocab), VOCAB_FILE)
       kept = in_vocab
       if not kept:

@@ -145,6 +145,6 @@ def merge_pretrained(init_params: Params, pretrained: Params) -> Params:
 
   merged = jax.tree_util.tree_map_with_path(pick, init_params)
   if missing:
-    logging.info("pretrained checkpoint lacks %d parameter tensors, kept at init: %s", len(missing),
+    logging.warning("pretrained checkpoint lacks %d parameter tensors, kept at init: %s", len(missing),
                  ", ".join(missing))
   return merged

@@ -48,7 +48,11 @@ class DataParallel:
   def replicate(self, tree: PyTree) -> PyTree:
     """The same value on every device (every process must pass the same value)."""
     if self.mode == 'pmap':
-      return jax.device_put_replicated(tree, jax.local_devices())
+      # One copy per local device along a leading axis, as pmap expects.
+      sharding = NamedSharding(jax.sharding.Mesh(np.array(jax.local_devices()), ('local',)),
+                               P('local'))
+      return jax.tree.map(lambda x: jax.device_put(
+          np.broadcast_to(np.asarray(x), (self.num_local_devices,) + np.shape(x)), sharding), tree)
     def put(x):
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])

@@ -12,11 +12,14 @@ global batch and divided by their count, so one device, eight devices and `pmap`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from radi_jax import losses
@@ -26,6 +29,8 @@ from radi_jax.model import frozenbilm
 PyTree = Any
 
 RANK_LOSSES = ('none', 'radi_p', 'radi_l', 'kd', 'dkd', 'ctkd', 'fitnet', 'rkd')
+# What the teacher cache stores per example for RADI-P (`pairwise_teacher_side`).
+PAIRWISE_CACHE_FIELDS = ('top_indices', 'log_u', 'log_v', 'lam', 'mean_uncertainty', 'weight_mean')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,7 @@ class LossSetup:
   alpha: float = 0.0
   label_smoothing: float = 0.0
   pseudo_labels_k: int = 0
-  seed: int = 0  # Seeds the per-example MC-dropout masks of the teacher (shared with the cache stage).
+  seed: int = 0  # Seeds the teacher's per-example MC-dropout masks (shared with the cache stage).
   mc_samples: int = 10
   mc_dropout_rate: float = 0.1
   num_top: int = 2500
@@ -107,8 +112,15 @@ class TrainState:
   """What a training checkpoint holds: only trainable parameters and their optimizer state."""
 
   step: jnp.ndarray
+  rng: jnp.ndarray  # Raw PRNG key data [2] of the run: dropout and sampling keys fold in the step.
   params: PyTree  # {'model': trainable model leaves, 'aux': loss-owned parameters (CTKD, FitNet)}
   opt_state: PyTree
+
+
+def init_train_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """A host-side (numpy) train state at step 0."""
+  return TrainState(step=np.zeros((), np.int32), rng=np.asarray(jax.random.PRNGKey(seed)),
+                    params=params, opt_state=jax.device_get(tx.init(params)))
 
 
 # ----------------------------------------------------------------------------- parameter partition
@@ -161,8 +173,7 @@ def pairwise_teacher_side(setup: LossSetup, teacher_head: dict, features: jnp.nd
   mc = teacher_mc_scores(setup, teacher_head, features, index)
   points = losses.uncertainty_points(jnp.take_along_axis(mc, top_indices[:, None, :], axis=2))
   weights = losses.teacher_pair_weights(points, top_valid, strategy=setup.pairwise_strategy,
-                                        lam_rel=setup.lam_rel,
-                                        rng=jax.random.PRNGKey(setup.seed))
+                                        lam_rel=setup.lam_rel)
   return dict(top_indices=top_indices.astype(jnp.int32), **weights)
 
 
@@ -202,19 +213,16 @@ def loss_terms(setup: LossSetup, outputs: dict, batch: dict, teacher_head: dict 
     top_valid = jnp.take_along_axis(_per_example_mask(answer_mask, batch_size), top_indices, axis=1)
     mc = teacher_mc_scores(setup, teacher_head, batch['teacher_features'], batch['index'])
     points = losses.uncertainty_points(jnp.take_along_axis(mc, top_indices[:, None, :], axis=2))
-    weights = {k: batch[k] for k in ('log_u', 'log_v', 'lam', 'weight_mean')}
+    weights = {k: batch[k] for k in PAIRWISE_CACHE_FIELDS if k != 'top_indices'}
     rank = losses.pairwise_ranking_loss(
         jnp.take_along_axis(logits, top_indices, axis=1),
         jnp.take_along_axis(teacher, top_indices, axis=1), points, top_valid, weights,
         margin=setup.margin, strategy=setup.pairwise_strategy,
-        block_size=setup.block_size or None, rng=keys[0])
+        block_size=setup.block_size or None, rng=keys)
   elif name == 'radi_l':
-    def one_example(student_row, teacher_row, key):
-      return losses.radi_listwise_loss(
-          student_row[None], teacher_row[None], answer_mask, key, k_hot=setup.k_hot,
-          n_cold=setup.n_cold, sampling=setup.sampling, decay=setup.decay,
-          loss=setup.listwise_loss, beta=setup.beta)[0]
-    rank = jax.vmap(one_example)(logits, teacher, keys)
+    rank = losses.radi_listwise_loss(
+        logits, teacher, answer_mask, keys, k_hot=setup.k_hot, n_cold=setup.n_cold,
+        sampling=setup.sampling, decay=setup.decay, loss=setup.listwise_loss, beta=setup.beta)
   elif name == 'kd':
     rank = losses.kd_loss(logits, teacher, answer_mask, temperature=setup.kd_temperature)
   elif name == 'dkd':
@@ -222,13 +230,12 @@ def loss_terms(setup: LossSetup, outputs: dict, batch: dict, teacher_head: dict 
                            beta=setup.dkd_beta, temperature=setup.dkd_temperature)
   elif name == 'ctkd':
     strength = losses.ctkd_lambda(step, setup.ctkd_curriculum_steps, lambda_max=setup.ctkd_lambda_max)
-    temperature = losses.ctkd_temperature(aux_params['ctkd'], strength,
-                                          min_temperature=setup.ctkd_min_temperature,
-                                          max_temperature=setup.ctkd_max_temperature)
-    rank = losses.kd_loss(logits, teacher, answer_mask, temperature=temperature)
+    temperature = _temperature_module(setup).apply({'params': aux_params['ctkd']}, strength)
+    rank = losses.ctkd_loss(logits, teacher, answer_mask, temperature)
   elif name == 'fitnet':
-    rank = losses.fitnet_loss(outputs['mask_hidden'], batch['teacher_hidden'],
-                              aux_params.get('fitnet'))
+    hidden = outputs['mask_hidden'].shape[-1]
+    regressor = functools.partial(losses.HintRegressor(hidden).apply, {'params': aux_params['fitnet']})
+    rank = losses.fitnet_loss(outputs['mask_hidden'], batch['teacher_hidden'], regressor)
   elif name == 'rkd':
     value = losses.rkd_loss(outputs['mask_hidden'], batch['teacher_hidden'], batch['valid'],
                             distance_weight=setup.rkd_distance_weight,
@@ -239,12 +246,19 @@ def loss_terms(setup: LossSetup, outputs: dict, batch: dict, teacher_head: dict 
   return cls, rank
 
 
+def _temperature_module(setup: LossSetup) -> nn.Module:
+  return losses.LearnableTemperature(min_temperature=setup.ctkd_min_temperature,
+                                     max_temperature=setup.ctkd_max_temperature)
+
+
 def init_aux_params(setup: LossSetup, hidden_size: int) -> dict:
   """Trainable parameters owned by a loss rather than the model (CTKD temperature, FitNet regressor)."""
+  key = jax.random.PRNGKey(setup.seed)
   if setup.rank_loss == 'ctkd':
-    return {'ctkd': losses.ctkd_init()}
+    return {'ctkd': jax.device_get(_temperature_module(setup).init(key, 0.0)['params'])}
   if setup.rank_loss == 'fitnet':
-    return {'fitnet': losses.fitnet_init(hidden_size)}
+    hint = jnp.zeros((1, hidden_size), jnp.float32)
+    return {'fitnet': jax.device_get(losses.HintRegressor(hidden_size).init(key, hint)['params'])}
   return {}
 
 
@@ -276,7 +290,7 @@ def train_step(state: TrainState, frozen: dict, teacher_head: dict | None, batch
   Returns:
     The new state and metric sums {'loss_sum', 'cls_sum', 'rank_sum', 'count', 'grad_norm'}.
   """
-  step_key = jax.random.fold_in(jax.random.PRNGKey(setup.seed), state.step)
+  step_key = jax.random.fold_in(state.rng, state.step)
   dropout_key = jax.random.fold_in(step_key, 1)
   if axis_name is not None:
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -305,7 +319,7 @@ def train_step(state: TrainState, frozen: dict, teacher_head: dict | None, batch
   params = optax.apply_updates(state.params, updates)
   metrics = dict(sums, count=count, grad_norm=optax.global_norm(grads),
                  loss_sum=sums['cls_sum'] + setup.alpha * sums['rank_sum'])
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def forward(params: dict, batch: dict, *, model) -> dict:

@@ -39,6 +39,8 @@ from radi_jax.training import reporting
 from radi_jax.training import steps
 from radi_jax.training import teacher_cache
 
+logger = logging.getLogger(__name__)
+
 STAGES = ('teacher', 'cache', 'student', 'eval', 'pipeline')
 TEACHER, INDIVIDUAL, CACHE = 'teacher', 'individual', 'cache'
 DONE = 'done.json'
@@ -96,6 +98,11 @@ def make_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
   with config.unlocked():
     if not config.data.data_dir:
       config.data.data_dir = os.path.join(workdir, 'data')
+  if jax.process_count() > 1:
+    # Process 0 builds the dataset; the others open the finished build.
+    if jax.process_index() == 0:
+      data_lib.open_dataset(config.data)
+    multihost_utils.sync_global_devices('dataset_built')
   data = data_lib.open_dataset(config.data)
   with config.unlocked():
     config.model.num_answers = data.num_answers
@@ -205,9 +212,12 @@ def evaluate(ctx: Context, params: dict, split: str, *, predictions: bool = Fals
   local = {k: np.concatenate(v) for k, v in columns.items()}
   gathered = (multihost_utils.process_allgather(local, tiled=True)
               if jax.process_count() > 1 else local)
-  accumulator = metrics_lib.MetricAccumulator(type_names=ctx.data.type_names)
+  accumulator = metrics_lib.RankingMetricsAccumulator(type_names=ctx.data.type_names)
   accumulator.add({k: gathered[k] for k in METRIC_NAMES}, gathered['valid'], gathered['type_id'])
-  result = accumulator.result()
+  result = {k: v for k, v in accumulator.result().items() if not k.startswith('acc1/')}
+  per_type = {k[len('acc1/'):]: v for k, v in accumulator.result().items() if k.startswith('acc1/')}
+  if per_type:
+    result['per_type'] = per_type
   rows = []
   if predictions:
     for i in np.flatnonzero(gathered['valid']):
@@ -237,7 +247,7 @@ def _model_batch(batch: dict) -> dict:
 def _cache_fields(losses: tuple[str, ...]) -> list[str]:
   fields = ['teacher_features']
   if 'radi_p' in losses:
-    fields += ['top_indices', 'log_u', 'log_v', 'lam', 'weight_mean']
+    fields += list(steps.PAIRWISE_CACHE_FIELDS)
   if 'fitnet' in losses or 'rkd' in losses:
     fields += ['teacher_hidden']
   return fields
@@ -255,7 +265,7 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
   run_dir = ctx.run_dir(name)
   done = _read_json(os.path.join(run_dir, DONE))
   if done is not None:
-    logging.info('%s: finished earlier (best step %s), skipped', name, done['best_step'])
+    logger.info('%s: finished earlier (best step %s), skipped', name, done['best_step'])
     return done
   os.makedirs(run_dir, exist_ok=True)
 
@@ -275,8 +285,7 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
   hidden = config.model.deberta.hidden_size
   params = {'model': trainable, 'aux': steps.init_aux_params(setup, hidden)}
   tx = make_optimizer(config, total_steps)
-  host_state = steps.TrainState(step=np.zeros((), np.int32), params=params,
-                                opt_state=jax.device_get(tx.init(params)))
+  host_state = steps.init_train_state(params, tx, seed)
 
   iterator = iter(loader)
   history_path = os.path.join(run_dir, 'history.jsonl')
@@ -286,11 +295,13 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
   with checkpoints.StageCheckpointer(os.path.join(run_dir, 'checkpoints'),
                                      keep_latest=config.train.keep_checkpoints,
                                      best_metric='val/acc1') as ckpt:
+    resumed_sums = None
     if ckpt.latest_step() is not None:
-      restored, data_state, _ = ckpt.restore(state_template=_state_dict(host_state))
+      restored, data_state, metadata = ckpt.restore(state_template=_state_dict(host_state))
       host_state = _state_from_dict(restored)
+      resumed_sums = metadata.get('epoch_sums')
       iterator.set_state(data_state)
-      logging.info('%s: resumed from step %d', name, int(host_state.step))
+      logger.info('%s: resumed from step %d', name, int(host_state.step))
     step = int(host_state.step)
     state = ctx.parallel.replicate(host_state)
     frozen_device = ctx.parallel.replicate(frozen)
@@ -300,7 +311,10 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
         answer_mask=jnp.asarray(ctx.answer_mask))
     writer = reporting.MetricWriter(os.path.join(run_dir, 'tensorboard'), enabled=ctx.is_chief)
     progress = reporting.ProgressBar(name, total_steps, initial_step=step, enabled=ctx.is_chief)
+    # Running sums of the current epoch (saved with checkpoints, so a resumed epoch's mean is exact).
     sums = {'loss_sum': 0.0, 'cls_sum': 0.0, 'rank_sum': 0.0, 'count': 0.0}
+    if resumed_sums:
+      sums.update(resumed_sums)
     last_good = ckpt.latest_step()
     try:
       while step < total_steps:
@@ -342,7 +356,7 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
               reporting.append_history(history_path, record)
           ckpt.save(step, _state_dict(ctx.parallel.scalar(state)),
                     data_state=iterator.get_state(),
-                    metadata={'epoch': step / steps_per_epoch},
+                    metadata={'epoch': step / steps_per_epoch, 'epoch_sums': sums},
                     metrics={'val/acc1': record['val/acc1']} if record else None, force=True)
           last_good = step
     finally:
@@ -361,11 +375,12 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
 
 
 def _state_dict(state: steps.TrainState) -> dict:
-  return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
+  return {'step': state.step, 'rng': state.rng, 'params': state.params,
+          'opt_state': state.opt_state}
 
 
 def _state_from_dict(value: dict) -> steps.TrainState:
-  return steps.TrainState(step=value['step'], params=value['params'], opt_state=value['opt_state'])
+  return steps.TrainState(**value)
 
 
 def restore_best_params(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup | None = None
@@ -379,9 +394,7 @@ def restore_best_params(ctx: Context, name: str, *, seed: int, setup: steps.Loss
   params = {'model': trainable,
             'aux': steps.init_aux_params(setup, ctx.config.model.deberta.hidden_size)}
   # The optimizer state's structure does not depend on the schedule length.
-  template = _state_dict(steps.TrainState(step=np.zeros((), np.int32), params=params,
-                                          opt_state=jax.device_get(
-                                              make_optimizer(ctx.config, 1).init(params))))
+  template = _state_dict(steps.init_train_state(params, make_optimizer(ctx.config, 1), seed))
   with checkpoints.StageCheckpointer(os.path.join(ctx.run_dir(name), 'checkpoints'),
                                      keep_latest=ctx.config.train.keep_checkpoints,
                                      best_metric='val/acc1') as ckpt:
@@ -420,10 +433,10 @@ def run_cache(ctx: Context) -> str:
   if existing is not None:
     try:
       teacher_cache.check_manifest(directory, manifest, fields)
-      logging.info('cache: up to date, skipped')
+      logger.info('cache: up to date, skipped')
       return directory
     except errors.StaleCacheError:
-      logging.info('cache: stale, rebuilding')
+      logger.info('cache: stale, rebuilding')
   params, _ = restore_best_params(ctx, TEACHER, seed=config.seed)
   embeddings, bias = frozenbilm.answer_head(params)
   head = {'embeddings': np.asarray(embeddings, np.float32), 'bias': np.asarray(bias, np.float32)}
@@ -436,7 +449,7 @@ def run_cache(ctx: Context) -> str:
     if 'top_indices' in fields:
       side = steps.pairwise_teacher_side(setup, jax.tree.map(jnp.asarray, head),
                                          out['answer_features'], batch['index'], answer_mask)
-      row.update({k: side[k] for k in ('top_indices', 'log_u', 'log_v', 'lam', 'weight_mean')})
+      row.update({k: side[k] for k in steps.PAIRWISE_CACHE_FIELDS})
       row['sinkhorn_converged'] = side['sinkhorn_converged']
       row['sinkhorn_iterations'] = side['sinkhorn_iterations']
     return row
@@ -475,7 +488,7 @@ def run_cache(ctx: Context) -> str:
   if 'top_indices' in fields:
     stats = {'sinkhorn_converged_fraction': float(np.mean(rows['sinkhorn_converged'][keep])),
              'sinkhorn_mean_iterations': float(np.mean(rows['sinkhorn_iterations'][keep]))}
-    logging.info('cache: Sinkhorn converged on %.1f%% of examples, %.0f iterations on average',
+    logger.info('cache: Sinkhorn converged on %.1f%% of examples, %.0f iterations on average',
                  100 * stats['sinkhorn_converged_fraction'], stats['sinkhorn_mean_iterations'])
   if ctx.is_chief:
     teacher_cache.write(directory, arrays, head, dict(manifest, **stats))
@@ -565,6 +578,7 @@ def _write_predictions(path: str, rows: list[dict]) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Runs `config.stage` (or every stage, for 'pipeline') in `workdir`."""
+  check_config(config)  # Before anything is written.
   os.makedirs(workdir, exist_ok=True)
   ctx = make_context(config, workdir)
   stage = config.stage
@@ -578,5 +592,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     result = run_students(ctx)
   if stage in ('eval', 'pipeline'):
     result = run_eval(ctx)
-  logging.info('%s finished in %.1f s', stage, time.time() - started)
+  logger.info('%s finished in %.1f s', stage, time.time() - started)
   return result
