@@ -219,3 +219,18 @@ def test_eight_devices_match_one_in_jit_and_pmap_modes(teacher_workdir, tmp_path
     np.testing.assert_allclose(eight[mode], one[mode], atol=1e-5, rtol=0)
     assert one[mode][0] != one[mode][2]  # The steps really train.
   assert eight['bad'] == 'train.batch_size=12 does not divide by the 8 devices; use a multiple of 8'
+
+
+def test_any_ivqa_layout_directory_trains_with_only_manual_dir(tmp_path):
+  raw = tmp_path / 'my_videos'
+  subprocess.run([sys.executable, '-m', 'radi_jax.data.synth_vqa', '--out', str(raw), '--seed', '5',
+                  '--num_categories', '3', '--concepts_per_category', '4', '--num_videos', '60',
+                  '--train_questions', '96', '--val_questions', '16', '--test_questions', '16'],
+                 cwd=ROOT, check=True, capture_output=True)
+  vocabulary = json.loads((raw / 'vocab.json').read_text())
+  code, _, err = run_cli(tmp_path / 'w', f'--config.data.manual_dir={raw}',
+                         '--config.stage=teacher', '--config.train.num_epochs=1')
+  assert code == 0, err
+  done = json.loads((tmp_path / 'w' / 'teacher' / 'done.json').read_text())
+  assert done['num_answers'] == len(vocabulary) != 60
+  assert 0.0 <= done['val/acc1'] <= 1.0

@@ -172,8 +172,9 @@ def pairwise_teacher_side(setup: LossSetup, teacher_head: dict, features: jnp.nd
   top_indices, top_valid = losses.teacher_top_answers(scores, answer_mask, setup.num_top)
   mc = teacher_mc_scores(setup, teacher_head, features, index)
   points = losses.uncertainty_points(jnp.take_along_axis(mc, top_indices[:, None, :], axis=2))
+  # Eight examples' dense N_p x N_p kernels at a time bound the cache stage's memory.
   weights = losses.teacher_pair_weights(points, top_valid, strategy=setup.pairwise_strategy,
-                                        lam_rel=setup.lam_rel)
+                                        lam_rel=setup.lam_rel, sinkhorn_batch_size=8)
   return dict(top_indices=top_indices.astype(jnp.int32), **weights)
 
 

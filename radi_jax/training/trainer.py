@@ -106,6 +106,14 @@ def make_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
   data = data_lib.open_dataset(config.data)
   with config.unlocked():
     config.model.num_answers = data.num_answers
+    if not config.pretrained:
+      # A model trained from scratch takes its word vocabulary from the data's tokenizer.
+      config.model.deberta.vocab_size = len(data.tokenizer)
+  if len(data.tokenizer) > config.model.deberta.vocab_size:
+    raise errors.ConfigError(
+        f'data.tokenizer_dir: the tokenizer has {len(data.tokenizer)} tokens but '
+        f'model.deberta.vocab_size is {config.model.deberta.vocab_size}; expected the tokenizer of '
+        'the pretrained weights')
   parallel = parallel_lib.DataParallel(config.parallel.mode)
   parallel.check_batch_size('train.batch_size', config.train.batch_size)
   parallel.check_batch_size('eval.batch_size', config.eval.batch_size)
@@ -367,6 +375,7 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
   history = reporting.read_history(history_path)
   best = next((r for r in history if r['step'] == best_step), history[-1] if history else {})
   summary = {'run': name, 'best_step': best_step, 'total_steps': total_steps, 'seed': seed,
+             'num_answers': ctx.data.num_answers,
              'rank_loss': setup.rank_loss, **{k: v for k, v in best.items() if k.startswith('val/')}}
   if ctx.is_chief:
     reporting.plot_history(history, os.path.join(run_dir, 'curves.png'), title=name)
