@@ -22,6 +22,7 @@ def get_config():
   config.train.checkpoint_every_steps = 8
   config.eval.batch_size = 32
   config.student.init = 'teacher'
+  config.student.losses = ('radi_p', 'radi_l')
   config.radi_p.num_top = 64
   config.radi_p.block_size = 16
   config.radi_l.k_hot = 8

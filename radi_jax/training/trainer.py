@@ -423,8 +423,11 @@ def _cache_manifest(ctx: Context, teacher_step: int) -> dict:
   config = ctx.config
   return {
       'teacher_step': teacher_step,
-      'config_hash': _config_hash(config.model, config.radi_p, config.cache, config.seed,
-                                  config.data.train_targets, config.pretrained),
+      # Only what changes the cached numbers (not, e.g., the loss weights).
+      'config_hash': _config_hash(config.model, config.cache, config.seed, config.pretrained,
+                                  config.data.train_targets,
+                                  {k: config.radi_p[k] for k in ('num_top', 'mc_samples', 'lam_rel',
+                                                                 'strategy')}),
       'dataset_fingerprint': ctx.data.fingerprint,
   }
 
