@@ -238,3 +238,40 @@ def test_random_strategy_with_per_example_keys_does_not_depend_on_batching():
     alone = loss_fn(*jax.tree.map(lambda x: x[b:b + 1], args), strategy="random",
                     rng=keys[b:b + 1])
     np.testing.assert_allclose(alone[0], whole[b], rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["ot", "uniform", "uncertainty"])
+def test_teacher_sorted_pass_skips_lower_blocks_and_matches_numpy_loops(strategy):
+  with jax.enable_x64(True):
+    student, teacher, mc_scores, mask = _random_problem(5, answers=11)
+    # Answers in teacher order, as teacher_top_answers returns them (padded answers last).
+    order = np.argsort(np.where(mask, -teacher, np.inf), axis=1, kind="stable")
+    take = lambda x: np.take_along_axis(x, order, axis=1)
+    student, teacher, mask = take(student), take(teacher), take(mask)
+    mc_scores = np.take_along_axis(mc_scores, order[:, None, :], axis=2)
+    points = pairwise.uncertainty_points(jnp.asarray(mc_scores))
+    weights = pairwise.teacher_pair_weights(points, jnp.asarray(mask), strategy=strategy,
+                                            lam_rel=1.0, threshold=1e-12, max_iterations=20000)
+
+    def total(s):
+      loss = pairwise.pairwise_ranking_loss(s, jnp.asarray(teacher), points, jnp.asarray(mask),
+                                            weights, margin=0.7, strategy=strategy, block_size=4,
+                                            teacher_sorted=True)
+      return jnp.sum(loss), loss
+
+    grad, loss = jax.jit(jax.grad(total, has_aux=True))(jnp.asarray(student))
+    for b in range(student.shape[0]):
+      valid = mask[b]
+      idx = np.flatnonzero(valid)
+      uncertainty = _numpy_uncertainty(mc_scores[b])
+      off = [(i, j) for i in idx for j in idx if i != j]
+      if strategy == "ot":
+        margins = _numpy_ot_margins(mc_scores[b], valid, 1.0, 0.7)
+      elif strategy == "uniform":
+        margins = np.full(uncertainty.shape, 0.7)
+      else:
+        inverse = 1.0 / (uncertainty + 1e-6 * np.mean([uncertainty[i, j] for i, j in off]))
+        margins = 0.7 * inverse / np.mean([inverse[i, j] for i, j in off])
+      expected, expected_grad = _numpy_hinge(student[b], teacher[b], margins, valid)
+      np.testing.assert_allclose(loss[b], expected, atol=1e-6)
+      np.testing.assert_allclose(grad[b], expected_grad, atol=1e-12)

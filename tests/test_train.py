@@ -224,7 +224,7 @@ def test_eight_devices_match_one_in_jit_and_pmap_modes(teacher_workdir, tmp_path
 def test_any_ivqa_layout_directory_trains_with_only_manual_dir(tmp_path):
   raw = tmp_path / 'my_videos'
   subprocess.run([sys.executable, '-m', 'radi_jax.data.synth_vqa', '--out', str(raw), '--seed', '5',
-                  '--num_categories', '3', '--concepts_per_category', '4', '--num_videos', '60',
+                  '--num_categories', '4', '--concepts_per_category', '4', '--num_videos', '60',
                   '--train_questions', '96', '--val_questions', '16', '--test_questions', '16'],
                  cwd=ROOT, check=True, capture_output=True)
   vocabulary = json.loads((raw / 'vocab.json').read_text())
@@ -234,3 +234,18 @@ def test_any_ivqa_layout_directory_trains_with_only_manual_dir(tmp_path):
   done = json.loads((tmp_path / 'w' / 'teacher' / 'done.json').read_text())
   assert done['num_answers'] == len(vocabulary) != 60
   assert 0.0 <= done['val/acc1'] <= 1.0
+
+
+def test_bfloat16_cache_round_trips(tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from radi_jax.training import teacher_cache  # pylint: disable=g-import-not-at-top
+  features = np.random.default_rng(0).normal(size=(5, 3)).astype(ml_dtypes.bfloat16)
+  top = np.arange(10, dtype=np.int32).reshape(5, 2)
+  teacher_cache.write(str(tmp_path / 'cache'), {'teacher_features': features, 'top_indices': top},
+                      {'embeddings': np.ones((4, 3), np.float32)}, {'teacher_step': 7})
+  cache = teacher_cache.TeacherCache(str(tmp_path / 'cache'), ['teacher_features', 'top_indices'])
+  rows = cache.lookup(np.array([3, -1, 1]), np.array([True, False, True]))
+  assert rows['teacher_features'].dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(rows['teacher_features'].astype(np.float32),
+                                features[[3, 0, 1]].astype(np.float32))
+  np.testing.assert_array_equal(rows['top_indices'], top[[3, 0, 1]])

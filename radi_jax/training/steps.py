@@ -219,7 +219,9 @@ def loss_terms(setup: LossSetup, outputs: dict, batch: dict, teacher_head: dict 
         jnp.take_along_axis(logits, top_indices, axis=1),
         jnp.take_along_axis(teacher, top_indices, axis=1), points, top_valid, weights,
         margin=setup.margin, strategy=setup.pairwise_strategy,
-        block_size=setup.block_size or None, rng=keys)
+        block_size=setup.block_size or None, rng=keys,
+        # The cache's top answers are in teacher order: only the upper-triangle blocks hold pairs.
+        teacher_sorted=True)
   elif name == 'radi_l':
     rank = losses.radi_listwise_loss(
         logits, teacher, answer_mask, keys, k_hot=setup.k_hot, n_cold=setup.n_cold,

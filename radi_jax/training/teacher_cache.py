@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 
+import ml_dtypes
 import numpy as np
 
 from radi_jax.training import errors
@@ -30,11 +31,17 @@ def write(directory: str, arrays: dict[str, np.ndarray], teacher_head: dict[str,
   tmp = directory.rstrip('/') + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
+  bfloat16_fields = []
   for name, value in arrays.items():
+    if value.dtype == ml_dtypes.bfloat16:
+      # .npy has no bfloat16: store the bits, and say so in the manifest.
+      value = value.view(np.uint16)
+      bfloat16_fields.append(name)
     np.save(os.path.join(tmp, f'{name}.npy'), value)
   np.savez(os.path.join(tmp, HEAD), **teacher_head)
   with open(os.path.join(tmp, MANIFEST), 'w') as f:
-    json.dump(dict(manifest, fields=sorted(arrays)), f, indent=2, sort_keys=True)
+    json.dump(dict(manifest, fields=sorted(arrays), bfloat16_fields=bfloat16_fields), f, indent=2,
+              sort_keys=True)
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(tmp, directory)
@@ -70,8 +77,11 @@ class TeacherCache:
   """Read access to a written cache: rows looked up by example index."""
 
   def __init__(self, directory: str, fields: list[str]):
-    self.arrays = {name: np.load(os.path.join(directory, f'{name}.npy'), mmap_mode='r')
-                   for name in fields}
+    bfloat16_fields = set(read_manifest(directory).get('bfloat16_fields', []))
+    self.arrays = {}
+    for name in fields:
+      array = np.load(os.path.join(directory, f'{name}.npy'), mmap_mode='r')
+      self.arrays[name] = array.view(ml_dtypes.bfloat16) if name in bfloat16_fields else array
     with np.load(os.path.join(directory, HEAD)) as head:
       self.teacher_head = {k: np.asarray(head[k]) for k in head.files}
 

@@ -454,13 +454,18 @@ def run_cache(ctx: Context) -> str:
   head = {'embeddings': np.asarray(embeddings, np.float32), 'bias': np.asarray(bias, np.float32)}
   setup = steps.loss_setup_from_config(config, 'radi_p')
   answer_mask = jnp.asarray(ctx.answer_mask)
+  if config.cache.dtype not in ('float32', 'bfloat16'):
+    raise errors.ConfigError(f"cache.dtype: expected 'float32' or 'bfloat16', got {config.cache.dtype!r}")
+  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.cache.dtype]
 
   def cache_step(params, batch):
     out = steps.forward(params, batch, model=ctx.model)
     row = {'teacher_features': out['answer_features'], 'teacher_hidden': out['mask_hidden']}
     if 'top_indices' in fields:
-      side = steps.pairwise_teacher_side(setup, jax.tree.map(jnp.asarray, head),
-                                         out['answer_features'], batch['index'], answer_mask)
+      # From the features as stored, so the student step ranks the answers as the cache did.
+      stored = out['answer_features'].astype(dtype).astype(jnp.float32)
+      side = steps.pairwise_teacher_side(setup, jax.tree.map(jnp.asarray, head), stored,
+                                         batch['index'], answer_mask)
       row.update({k: side[k] for k in steps.PAIRWISE_CACHE_FIELDS})
       row['sinkhorn_converged'] = side['sinkhorn_converged']
       row['sinkhorn_iterations'] = side['sinkhorn_iterations']
@@ -487,7 +492,6 @@ def run_cache(ctx: Context) -> str:
           if jax.process_count() > 1 else local)
   keep = rows['valid'].astype(bool)
   size = ctx.data.num_train_index
-  dtype = {'float32': np.float32, 'bfloat16': jnp.bfloat16}[config.cache.dtype]
   arrays = {}
   for name in fields:
     value = rows[name][keep]

@@ -65,8 +65,9 @@ def generate(synth: ml_collections.ConfigDict, features_dim: int = 768) -> dict:
     ``categories``, ``surface_answers`` (concept -> synonyms, most popular first), ``scenes``
     (video_id -> concepts in it) and ``embeddings`` (``[concepts, features_dim]``).
   """
-  if synth.num_categories > len(CATEGORIES):
-    raise ValueError(f"synth.num_categories={synth.num_categories}; expected at most {len(CATEGORIES)}")
+  if not 4 <= synth.num_categories <= len(CATEGORIES):
+    # A scene shows 2-4 concepts of different categories.
+    raise ValueError(f"synth.num_categories={synth.num_categories}; expected 4 to {len(CATEGORIES)}")
   rng = np.random.default_rng(synth.seed)
   categories = CATEGORIES[:synth.num_categories]
   num_concepts = synth.num_categories * synth.concepts_per_category
