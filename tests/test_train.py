@@ -1,5 +1,6 @@
 """End-to-end training on configs/tiny.py: stages, resume after SIGKILL, errors, data parallelism."""
 
+import csv
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from radi_jax import predict
 from radi_jax.training import errors
 from radi_jax.training import trainer
 
@@ -77,6 +79,18 @@ def test_students_eval_report_and_rerun_skips(teacher_workdir, tmp_path):
   history = [json.loads(l) for l in (workdir / 'student_radi_p' / 'history.jsonl').read_text().splitlines()]
   assert [r['epoch'] for r in history] == [1, 2]
   assert all(r['train/rank'] > 0 for r in history)
+
+  # The predict entry point gives the eval stage's answers for the same question and video.
+  raw = next((workdir / 'data').glob('synth_vqa_*')) / 'raw'
+  with open(raw / 'test.csv') as f:
+    first = next(csv.DictReader(f))
+  with np.load(raw / 'clipvitl14.npz') as features:
+    frames = features[first['video_id']]
+  answers = predict.predict(tiny_config(), str(workdir), first['question'], frames,
+                            run='student_radi_p', top_k=5)
+  row = next(r for r in rows if r['index'] == 0)
+  assert [a for a, _ in answers] == row['answers']
+  np.testing.assert_allclose([p for _, p in answers], row['scores'], atol=1e-4)
 
   # Finished runs are not redone.
   done = workdir / 'student_radi_p' / 'done.json'
