@@ -13,13 +13,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The run config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/run', 'The trained run directory.')
-_QUESTION = flags.DEFINE_string('question', None, 'The question.')
-_FEATURES = flags.DEFINE_string('features', None, '.npy file of frame features [frames, D].')
-_RUN = flags.DEFINE_string('run', None, 'Which trained model: teacher, individual, student_<loss> '
-                           '(default: the first student of the config, else the teacher).')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Answers to print.')
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a program (the module is also a library)."""
+  config_flags.DEFINE_config_file('config', None, 'The run config file.', lock_config=True)
+  flags.DEFINE_string('workdir', 'workdirs/run', 'The trained run directory.')
+  flags.DEFINE_string('question', None, 'The question.')
+  flags.DEFINE_string('features', None, '.npy file of frame features [frames, D].')
+  flags.DEFINE_string('run', None, 'Which trained model: teacher, individual, student_<loss> '
+                      '(default: the first finished student of the config, else the teacher).')
+  flags.DEFINE_integer('top_k', 5, 'Answers to print.')
+  flags.mark_flags_as_required(['config', 'question', 'features'])
 
 
 def predict(config, workdir: str, question: str, frames, *, run: str | None = None,
@@ -75,13 +78,14 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from radi_jax import user_errors  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
   try:
     try:
-      frames = np.load(_FEATURES.value)
+      frames = np.load(values.features)
     except (OSError, ValueError) as e:
-      raise user_errors.UserError(f'--features: cannot read {_FEATURES.value} as .npy ({e})') from None
-    answers = predict(_CONFIG.value, _WORKDIR.value, _QUESTION.value, frames, run=_RUN.value,
-                      top_k=_TOP_K.value)
+      raise user_errors.UserError(f'--features: cannot read {values.features} as .npy ({e})') from None
+    answers = predict(values.config, values.workdir, values.question, frames, run=values.run,
+                      top_k=values.top_k)
   except user_errors.USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -90,5 +94,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'question', 'features'])
+  define_flags()
   app.run(main)
