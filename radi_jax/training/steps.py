@@ -62,7 +62,7 @@ class LossSetup:
   ctkd_min_temperature: float = 1.0
   ctkd_max_temperature: float = 21.0
   ctkd_lambda_max: float = 1.0
-  ctkd_curriculum_steps: int = 1
+  ctkd_curriculum_steps: int = 1  # Set per run from its length (trainer.train_run).
   rkd_distance_weight: float = 25.0
   rkd_angle_weight: float = 50.0
 
@@ -71,7 +71,7 @@ class LossSetup:
     return self.rank_loss != 'none' or self.pseudo_labels_k > 0
 
 
-def loss_setup_from_config(config, rank_loss: str, total_steps: int = 1) -> LossSetup:
+def loss_setup_from_config(config, rank_loss: str) -> LossSetup:
   """The static loss description of a student run (the teacher's is `LossSetup(seed=...)`)."""
   if rank_loss not in RANK_LOSSES:
     raise ValueError(f'student.losses: unknown loss {rank_loss!r}; expected one of {RANK_LOSSES}')
@@ -101,7 +101,6 @@ def loss_setup_from_config(config, rank_loss: str, total_steps: int = 1) -> Loss
       ctkd_min_temperature=float(config.ctkd.min_temperature),
       ctkd_max_temperature=float(config.ctkd.max_temperature),
       ctkd_lambda_max=float(config.ctkd.lambda_max),
-      ctkd_curriculum_steps=max(1, int(total_steps * config.ctkd.curriculum_fraction)),
       rkd_distance_weight=float(config.rkd.distance_weight),
       rkd_angle_weight=float(config.rkd.angle_weight),
   )

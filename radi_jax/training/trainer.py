@@ -283,9 +283,8 @@ def train_run(ctx: Context, name: str, *, seed: int, setup: steps.LossSetup,
                                       process_count=jax.process_count())
   steps_per_epoch = loader.steps_per_epoch
   total_steps = steps_per_epoch * config.train.num_epochs
-  if name.startswith('student_'):
-    setup = dataclasses.replace(setup, ctkd_curriculum_steps=max(
-        1, int(total_steps * config.ctkd.curriculum_fraction)))
+  setup = dataclasses.replace(setup, ctkd_curriculum_steps=max(
+      1, int(total_steps * config.ctkd.curriculum_fraction)))
 
   trainable, frozen = initial_params(ctx, seed)
   if init_trainable is not None:
